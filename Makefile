@@ -1,0 +1,41 @@
+# gmlab: every target sets up .venv itself on a fresh clone.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.gmlab-installed
+ARGS   ?=
+
+.PHONY: install train test bench lint format tensorboard clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,sweeps]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## train: the default experiment (MFA on scikit-learn's bundled 8x8 digits, CPU, ~1 min)
+train: $(STAMP)
+	$(VENV)/bin/gmlab-train $(ARGS)
+
+## test: the whole suite (CPU only, no network, no ../shared)
+test: $(STAMP)
+	$(VENV)/bin/pytest -q $(ARGS)
+
+## bench: speed and memory ratios, printed side by side
+bench: $(STAMP)
+	$(PY) -m benchmarks $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir outputs --bind_all
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache
