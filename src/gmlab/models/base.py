@@ -15,6 +15,7 @@ and shared validation/test steps that log `{stage}/nll` (nats) and `{stage}/bpd`
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import lightning as L
@@ -59,8 +60,11 @@ class GmlabModule(L.LightningModule):
         return {}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the class and the run config so `gmlab-eval` can rebuild any checkpoint."""
         cls = type(self)
         checkpoint["gmlab"] = {"class": f"{cls.__module__}.{cls.__qualname__}"}
+        if getattr(self, "run_config", None):
+            checkpoint["gmlab"]["config"] = self.run_config
 
 
 class GenerativeModel(GmlabModule):
@@ -108,12 +112,14 @@ class GenerativeModel(GmlabModule):
         return bits_per_dim(log_likelihood, self.num_dims, self.preprocess.num_levels)
 
     # ------------------------------------------------------------- helpers
-    def prepare(self, x_raw: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(
+        self, x_raw: torch.Tensor, train: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Check the raw batch's shape, then preprocess: (model input, log-det [B])."""
         if tuple(x_raw.shape[1:]) != self.data_shape:
             raise ShapeError(
-                f"{type(self).__name__} expects batches of shape [B, {', '.join(map(str, self.data_shape))}], "
-                f"got {list(x_raw.shape)}"
+                f"{type(self).__name__} expects batches of shape "
+                f"[B, {', '.join(map(str, self.data_shape))}], got {list(x_raw.shape)}"
             )
         return self.preprocess(x_raw, train=train)
 
@@ -124,7 +130,9 @@ class GenerativeModel(GmlabModule):
         self.check_finite(ll, f"{stage}/nll", batch_idx)
         bs = x_raw.shape[0]
         self.log(f"{stage}/nll", -ll.mean(), batch_size=bs, sync_dist=True, prog_bar=stage == "val")
-        self.log(f"{stage}/bpd", self.to_bits(ll).mean(), batch_size=bs, sync_dist=True, prog_bar=True)
+        self.log(
+            f"{stage}/bpd", self.to_bits(ll).mean(), batch_size=bs, sync_dist=True, prog_bar=True
+        )
         return ll
 
     def validation_step(self, batch, batch_idx: int):
@@ -140,10 +148,8 @@ class GenerativeModel(GmlabModule):
             return {}
         out = {}
         levels = self.preprocess.num_levels - 1
-        try:
+        with contextlib.suppress(NotImplementedError):
             out["samples"] = image_grid(self.sample(64) / levels)
-        except NotImplementedError:
-            pass
         try:
             x = x_raw[:32]
             rec = self.reconstruct(x)

@@ -1,0 +1,127 @@
+"""The DataModule every gmlab dataset builds on: decode once, hold uint8 tensors, index."""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from gmlab.data.loader import IndexBatchLoader
+from gmlab.errors import ShapeError
+
+
+class InMemoryDataModule(L.LightningDataModule, abc.ABC):
+    """Train/val/test splits as in-memory tensors, batched by indexing.
+
+    Subclasses implement `load_splits()`, returning raw `(x, y)` tensor pairs for
+    "train" and "test" (x: uint8 [N, C, H, W] images or float [N, d] points; y: int64
+    [N]). The validation split is carved from train with a fixed seed.
+
+    Args:
+        root: folder holding the dataset files (torchvision's layout).
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (defaults to batch_size).
+        val_size: number (>= 1) or fraction (< 1) of training samples held out.
+        split_seed: seed of the train/val split.
+        shape: expected shape of one sample, e.g. [1, 28, 28]; checked after loading.
+        num_classes: number of label classes.
+        download: let torchvision download missing files (needs a network).
+        limit: keep only the first `limit` samples of each split (quick runs, tests).
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        val_size: float = 0.1,
+        split_seed: int = 0,
+        shape: list[int] | tuple[int, ...] = (),
+        num_classes: int = 10,
+        download: bool = False,
+        limit: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.shape = tuple(shape)
+        self.num_classes = num_classes
+        self.download = download
+        self.limit = limit
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @abc.abstractmethod
+    def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Return {"train": (x, y), "test": (x, y)} as raw tensors."""
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw = self.load_splits()
+        x_train, y_train = raw["train"]
+        n_val = self.val_size if self.val_size >= 1 else round(self.val_size * len(x_train))
+        n_val = int(n_val)
+        perm = torch.randperm(
+            len(x_train), generator=torch.Generator().manual_seed(self.split_seed)
+        )
+        val_idx, train_idx = perm[:n_val], perm[n_val:].sort().values
+        splits = {
+            "train": (x_train[train_idx], y_train[train_idx]),
+            "val": (x_train[val_idx.sort().values], y_train[val_idx.sort().values]),
+            "test": raw["test"],
+        }
+        for name, (x, y) in splits.items():
+            if self.shape and tuple(x.shape[1:]) != self.shape:
+                raise ShapeError(
+                    f"{type(self).__name__}: {name} samples have shape {tuple(x.shape[1:])}, "
+                    f"the config says data.shape={list(self.shape)}"
+                )
+            if self.limit is not None:
+                splits[name] = (x[: self.limit], y[: self.limit])
+        self.splits = splits
+
+    # ------------------------------------------------------------ dataloaders
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _loader(self, split: str, train: bool) -> IndexBatchLoader:
+        self.setup()
+        x, y = self.splits[split]
+        rank, world = self._world()
+        return IndexBatchLoader(
+            x,
+            y,
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=False,
+            seed=self.split_seed + 1,
+            rank=rank,
+            world_size=world,
+        )
+
+    def train_dataloader(self) -> IndexBatchLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> IndexBatchLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> IndexBatchLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> IndexBatchLoader:
+        return self._loader("test", train=False)
+
+    # ----------------------------------------------------------------- access
+    def tensors(self, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw (x, y) tensors of one split ("train", "val" or "test")."""
+        self.setup()
+        return self.splits[split]

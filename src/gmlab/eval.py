@@ -1,0 +1,82 @@
+"""`gmlab-eval ckpt_path=... [data=...]`: test any gmlab checkpoint in its own run directory.
+
+Without `data=...` the data config recorded in the checkpoint is used. Metrics go to
+`<run>/metrics.json` and TensorBoard; `ndb.enabled=true` adds the NDB metric for models
+that can sample.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from gmlab.callbacks import EpochSeed
+from gmlab.errors import GmlabError
+from gmlab.utils.checkpoint import load_model, read_checkpoint
+from gmlab.utils.cli import require_values, user_errors
+from gmlab.utils.instantiate import instantiate_loggers
+from gmlab.utils.runs import PROJECT_ROOT, finish_run, plain_config, scalar_metrics
+
+os.environ.setdefault("GMLAB_ROOT", str(PROJECT_ROOT))
+
+
+def data_config(cfg: DictConfig, checkpoint: dict) -> DictConfig:
+    """`data=...` from the command line, else the data config stored with the checkpoint."""
+    if cfg.get("data") is not None:
+        return cfg.data
+    stored = checkpoint.get("gmlab", {}).get("config", {}).get("data")
+    if not stored:
+        raise GmlabError(f"{cfg.ckpt_path} records no data config: pass data=<name> explicitly.")
+    return OmegaConf.create(stored)
+
+
+def ndb_metrics(model, datamodule, cfg: DictConfig) -> dict[str, float]:
+    """NDB / NDB-over-K / JS of model samples against the training split."""
+    from gmlab.metrics.ndb import ndb_score
+
+    x_train, _ = datamodule.tensors("train")
+    samples = model.sample(cfg.ndb.num_samples).cpu()
+    result = ndb_score(x_train.float(), samples, num_bins=cfg.ndb.num_bins)
+    return {
+        "test/ndb": float(result["ndb"]),
+        "test/ndb_over_k": float(result["ndb_over_k"]),
+        "test/ndb_js": float(result["js"]),
+    }
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    require_values(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    model = load_model(cfg.ckpt_path)
+    datamodule = hydra.utils.instantiate(data_config(cfg, checkpoint))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    # the same test-time seeding as gmlab-train, so both report identical test metrics
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=[EpochSeed(cfg.seed)]
+    )
+    trainer.test(model, datamodule=datamodule)
+    metrics = scalar_metrics(trainer)
+    if cfg.ndb.enabled and hasattr(model, "sample"):
+        datamodule.setup()
+        metrics.update(ndb_metrics(model, datamodule, cfg))
+        for logger in trainer.loggers:
+            logger.log_metrics({k: v for k, v in metrics.items() if "ndb" in k}, step=0)
+    finish_run(trainer, plain_config(cfg), metrics, Path(trainer.default_root_dir))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        metrics = evaluate(cfg)
+    for name, value in sorted(metrics.items()):
+        print(f"{name:>24s}  {value:.6g}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""`gmlab-train`: compose the Hydra config, build data/model/trainer, fit, then test.
+
+gmlab-train                                   # MFA on the bundled 8x8 digits
+gmlab-train experiment=mfa_mnist data.root=../shared/data
+gmlab-train -m model=vae,vae_mog data=mnist seed=1,2,3
+gmlab-train ... ckpt_path=<run>/checkpoints/last.ckpt   # resume
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from gmlab.utils.checkpoint import check_compatible
+from gmlab.utils.cli import require_values, user_errors
+from gmlab.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from gmlab.utils.runs import PROJECT_ROOT, finish_run, plain_config, scalar_metrics
+
+os.environ.setdefault("GMLAB_ROOT", str(PROJECT_ROOT))
+
+
+def build(cfg: DictConfig):
+    """Instantiate (datamodule, model, trainer) from a composed config."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    model.run_config = plain_config(cfg)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and/or test as the config says; returns the final scalar metrics."""
+    require_values(cfg)
+    datamodule, model, trainer = build(cfg)
+    if cfg.get("ckpt_path"):
+        check_compatible(model, cfg.ckpt_path)
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = scalar_metrics(trainer)
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        use_best = bool(best) and Path(best).is_file() and not trainer.fast_dev_run
+        trainer.test(
+            model, datamodule=datamodule, ckpt_path=best if use_best else None, weights_only=True
+        )
+        metrics.update(scalar_metrics(trainer))
+    finish_run(trainer, model.run_config, metrics, Path(trainer.default_root_dir))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with user_errors():
+        metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    return metrics.get(name) if name else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Reading gmlab checkpoints: which model they hold, with which config, and whether
+they fit a given model."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from gmlab.errors import CheckpointMismatchError
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict on the CPU, with a clear error for missing/corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointMismatchError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle means a bad file
+        raise CheckpointMismatchError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
+
+
+def model_class(checkpoint: dict, path: str | Path = "") -> type[L.LightningModule]:
+    """The LightningModule class recorded in a gmlab checkpoint."""
+    name = checkpoint.get("gmlab", {}).get("class")
+    if not name:
+        raise CheckpointMismatchError(f"{path} was not written by gmlab (no model class recorded)")
+    module, _, qualname = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError) as exc:
+        raise CheckpointMismatchError(
+            f"{path} holds a {name}, which this gmlab cannot import"
+        ) from exc
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> L.LightningModule:
+    """Rebuild any gmlab model from its checkpoint (class, hyperparameters and weights)."""
+    checkpoint = read_checkpoint(path)
+    cls = model_class(checkpoint, path)
+    try:
+        return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointMismatchError(f"cannot rebuild {cls.__name__} from {path}: {exc}") from exc
+
+
+def check_compatible(model: L.LightningModule, path: str | Path) -> None:
+    """Raise `CheckpointMismatchError` listing what differs if `path` cannot resume `model`."""
+    checkpoint = read_checkpoint(path)
+    cls = model_class(checkpoint, path)
+    if cls is not type(model):
+        raise CheckpointMismatchError(
+            f"{path} holds a {cls.__name__}, but the config builds a {type(model).__name__}; "
+            "pass the same model=... (and options) as the run that wrote it."
+        )
+    saved = checkpoint.get("state_dict", {})
+    current = model.state_dict()
+    problems = [f"missing {k}" for k in current if k not in saved]
+    problems += [f"unexpected {k}" for k in saved if k not in current]
+    problems += [
+        f"{k}: checkpoint {tuple(saved[k].shape)} vs config {tuple(v.shape)}"
+        for k, v in current.items()
+        if k in saved and tuple(saved[k].shape) != tuple(v.shape)
+    ]
+    if problems:
+        shown = "; ".join(problems[:6]) + (
+            f"; ... ({len(problems)} in all)" if len(problems) > 6 else ""
+        )
+        raise CheckpointMismatchError(
+            f"{path} does not match the configured {type(model).__name__}: {shown}. "
+            "Use the same model options as the run that wrote the checkpoint."
+        )

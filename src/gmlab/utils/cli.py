@@ -1,0 +1,46 @@
+"""Command-line plumbing: user errors as one clear paragraph instead of a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from omegaconf import DictConfig, OmegaConf
+
+from gmlab.errors import GmlabError
+
+
+def find_user_error(exc: BaseException) -> GmlabError | None:
+    """The first `GmlabError` in an exception's cause/context chain (Hydra and Lightning
+    wrap exceptions raised inside `instantiate` or a training step)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, GmlabError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Print a `GmlabError` (also when wrapped) as `error: <message>` and exit with 1."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a user error
+        user = find_user_error(exc)
+        if user is None:
+            raise
+        print(f"\nerror: {user}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def require_values(cfg: DictConfig) -> None:
+    """Fail with one clear line if a mandatory (`???`) option was not given."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        names = ", ".join(missing)
+        raise GmlabError(
+            f"missing required option(s): {names}. Give them on the command line, "
+            f"e.g. `{missing[0]}=...`."
+        )
