@@ -59,6 +59,21 @@ class GmlabModule(L.LightningModule):
         """Named images [3 or 1, H, W] in [0, 1] for TensorBoard/PNG, from a raw val batch."""
         return {}
 
+    def check_batch(self, batch, batch_idx: int) -> None:
+        """Stop on float inputs with NaN/inf, naming the batch (integer images cannot hold them)."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if torch.is_tensor(x) and x.is_floating_point():
+            self.check_finite(x, "input batch", batch_idx)
+
+    def on_train_batch_start(self, batch, batch_idx: int):
+        self.check_batch(batch, batch_idx)
+
+    def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0):
+        self.check_batch(batch, batch_idx)
+
+    def on_test_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0):
+        self.check_batch(batch, batch_idx)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record the class and the run config so `gmlab-eval` can rebuild any checkpoint."""
         cls = type(self)
