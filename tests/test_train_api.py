@@ -104,3 +104,14 @@ def test_gaussian_baseline_matches_closed_form_fit(tmp_path):
     x, _ = datamodule.tensors("train")
     torch.testing.assert_close(model.mean.detach(), x.mean(0), atol=0.03, rtol=0)
     torch.testing.assert_close(model.std.detach(), x.std(0, correction=0), atol=0.03, rtol=0.02)
+
+
+def test_parallel_multirun_jobs_spread_over_gpus(tmp_path):
+    cfg = make_cfg(tmp_path, ["model=gaussian", "trainer=gpu"])
+    from gmlab.train import job_gpu
+
+    assert [job_gpu(cfg, n, 4) for n in range(6)] == [[0], [1], [2], [3], [0], [1]]
+    assert job_gpu(cfg, None, 4) is None  # single run: trainer.devices as configured
+    assert job_gpu(cfg, 3, 1) is None
+    cpu = make_cfg(tmp_path, ["model=gaussian", "trainer=cpu"])
+    assert job_gpu(cpu, 3, 4) is None

@@ -23,8 +23,34 @@ from gmlab.utils.runs import PROJECT_ROOT, finish_run, plain_config, scalar_metr
 os.environ.setdefault("GMLAB_ROOT", str(PROJECT_ROOT))
 
 
+def job_gpu(cfg: DictConfig, job_num: int | None, num_gpus: int) -> list[int] | None:
+    """The GPU of job `job_num` of a parallel multirun (`hydra/launcher=local_gpus`): job n
+    runs on GPU n mod num_gpus. None (keep `trainer.devices`) outside that case."""
+    trainer = cfg.trainer
+    if job_num is None or num_gpus < 2 or trainer.get("accelerator") not in ("gpu", "cuda"):
+        return None
+    if trainer.get("devices") not in (1, "1"):
+        return None
+    return [job_num % num_gpus]
+
+
+def _multirun_job_num() -> int | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
 def build(cfg: DictConfig):
     """Instantiate (datamodule, model, trainer) from a composed config."""
+    import torch
+
+    gpu = job_gpu(cfg, _multirun_job_num(), torch.cuda.device_count())
+    if gpu is not None:
+        cfg.trainer.devices = gpu
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = hydra.utils.instantiate(cfg.data)

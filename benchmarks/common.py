@@ -1,0 +1,47 @@
+"""Timing helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def best_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Best wall-clock seconds of `repeats` calls after `warmup` calls (min filters noise
+    from other processes on a shared machine)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_gflops(n: int = 2048, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    """The machine's own dense matmul rate (GFLOP/s) for an n x n x n product."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+
+    def run():
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    return 2 * n**3 / best_time(run, repeats=5, warmup=2) / 1e9
+
+
+def machine() -> str:
+    """One line naming the hardware the figures were measured on."""
+    import os
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    )

@@ -1,0 +1,94 @@
+"""Preprocessing, bits/dim and batching against analytic values and brute force."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gmlab.data.loader import IndexBatchLoader
+from gmlab.data.preprocess import Preprocessor
+from gmlab.errors import NonFiniteError, ShapeError
+from gmlab.metrics.bpd import bits_per_dim, nats_to_bits
+
+
+def test_uniform_density_on_unit_cube_is_eight_bits():
+    # p(y) = 1 on [0,1]^D is the uniform pmf 256^-D: exactly 8 bits/dim.
+    assert bits_per_dim(torch.zeros(3), num_dims=784).tolist() == pytest.approx([8.0] * 3)
+    # a log-pmf of D ln 2 nats below 0 is 1 bit/dim
+    assert nats_to_bits(torch.tensor(-10 * math.log(2)), 10).item() == pytest.approx(1.0)
+
+
+def test_dequantized_values_stay_in_their_bins():
+    x = torch.randint(0, 256, (64, 1, 4, 4), dtype=torch.uint8)
+    pre = Preprocessor(dequantize=True)
+    y, log_det = pre(x)
+    assert torch.equal(torch.floor(y * 256).to(torch.uint8), x)
+    assert torch.equal(log_det, torch.zeros(64))
+    assert torch.equal(pre.to_pixels(pre.to_model_space(x)).round().to(torch.uint8), x)
+
+
+def test_symmetric_scaling_log_det_matches_change_of_variables():
+    """p_y(y) = p_t(2y-1) * 2^D: a standard normal in t-space, checked by brute force."""
+    x = torch.randint(0, 256, (5, 3, 2, 2), dtype=torch.uint8)
+    pre = Preprocessor(dequantize=False, scale="symmetric")
+    t, log_det = pre(x)
+    y = (x.float() + 0.5) / 256
+    torch.testing.assert_close(t, 2 * y - 1)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    log_py = normal.log_prob(2 * y - 1).flatten(1).sum(1) + 12 * math.log(2.0)
+    torch.testing.assert_close(normal.log_prob(t).flatten(1).sum(1) + log_det, log_py)
+
+
+def test_binarization_and_flips():
+    x = torch.tensor([[[[0, 255], [128, 127]]]], dtype=torch.uint8)
+    static, _ = Preprocessor(binarize="static")(x)
+    assert static.flatten().tolist() == [0.0, 1.0, 1.0, 0.0]
+    torch.manual_seed(0)
+    probs = torch.full((20000, 1, 1, 1), 51, dtype=torch.uint8)  # 51/255 = 0.2
+    dynamic, _ = Preprocessor(binarize="dynamic")(probs)
+    assert dynamic.mean().item() == pytest.approx(0.2, abs=0.01)
+    img = torch.arange(6, dtype=torch.uint8).reshape(1, 1, 2, 3).repeat(400, 1, 1, 1)
+    flipped, _ = Preprocessor(dequantize=False, hflip=True)(img, train=True)
+    is_flipped = (flipped[:, 0, 0, 0] > flipped[:, 0, 0, 2]).float()
+    assert 0.4 < is_flipped.mean().item() < 0.6
+    unflipped, _ = Preprocessor(dequantize=False, hflip=True)(img, train=False)
+    assert (unflipped[:, 0, 0, 0] < unflipped[:, 0, 0, 2]).all()
+
+
+def test_bad_inputs_are_clear_errors():
+    with pytest.raises(NonFiniteError):
+        Preprocessor()(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ShapeError):
+        Preprocessor()(torch.zeros(3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="scale"):
+        Preprocessor(scale="logit")
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_index_loader_covers_each_sample_once_per_epoch(world_size):
+    n = 103
+    x = torch.arange(n)
+    loaders = [
+        IndexBatchLoader(x, x, 10, shuffle=True, seed=3, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
+    for epoch in (0, 1):
+        seen = []
+        for loader in loaders:
+            loader.sampler.set_epoch(epoch)
+            batches = list(loader)
+            assert len(batches) == len(loader)
+            seen += [b[0] for b in batches]
+        seen = torch.cat(seen)
+        # every sample appears; ranks only repeat samples to pad to equal counts
+        assert set(seen.tolist()) == set(range(n))
+        assert len(seen) - n < 10 * world_size
+    loaders[0].sampler.set_epoch(0)
+    first = torch.cat([b[0] for b in loaders[0]])
+    loaders[0].sampler.set_epoch(1)
+    second = torch.cat([b[0] for b in loaders[0]])
+    loaders[0].sampler.set_epoch(0)
+    again = torch.cat([b[0] for b in loaders[0]])
+    assert not torch.equal(first, second) and torch.equal(first, again)
