@@ -22,6 +22,8 @@ Design:
   their centers (those points are moved out of their old clusters' sums).
 * Deterministic given `seed` on a given device: a private `torch.Generator` on that
   device, and on CUDA the cluster sums use a one-hot matmul instead of atomic adds.
+* `tol=0` (default) iterates until no label changes or `n_iter`; `tol=1e-4` is sklearn's
+  default stopping rule (squared center shift <= tol * mean per-dimension variance).
 
 Integer inputs (uint8 images) are read as float32; float64 inputs stay float64.
 """
@@ -235,7 +237,9 @@ def kmeans(
     sq = torch.empty(n, dtype=dt, device=dev)
     prev = None
     converged = False
-    use_matmul = dev.type != "cpu"
+    # cluster sums: a one-hot matmul on GPUs (deterministic, no atomics) and on CPUs when
+    # rows are short (index_add_ has a large per-row cost there); index_add_ otherwise
+    use_matmul = dev.type != "cpu" or d < 4 * k
     for _ in range(n_iter):
         c_sq = (c * c).sum(1)
         sums = torch.zeros(k, d, dtype=torch.float64, device=dev)
