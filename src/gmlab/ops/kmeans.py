@@ -80,11 +80,16 @@ def _mean(x: Tensor, rows: int) -> Tensor:
     return (acc / x.shape[0]).to(_work_dtype(x))
 
 
-def _sq_dist(xc: Tensor, c: Tensor, c_sq: Tensor) -> Tensor:
-    """[n, k] squared distances between shifted rows xc and shifted centers c."""
-    x_sq = (xc * xc).sum(1, keepdim=True)
-    d2 = torch.addmm(c_sq.unsqueeze(0), xc, c.T, beta=1.0, alpha=-2.0)
-    return (d2 + x_sq).clamp_min_(0.0)
+def _partial_dist(xc: Tensor, c: Tensor, c_sq: Tensor) -> Tensor:
+    """[n, k] ||c||^2 - 2 x.c for shifted rows xc and centers c: the squared distance
+    less ||x||^2, which does not change the argmin (added back only to the minimum)."""
+    return torch.addmm(c_sq.unsqueeze(0), xc, c.T, beta=1.0, alpha=-2.0)
+
+
+def _nearest(xc: Tensor, c: Tensor, c_sq: Tensor) -> tuple[Tensor, Tensor]:
+    """Nearest center index and squared distance ([n] each) of shifted rows xc."""
+    mn, idx = _partial_dist(xc, c, c_sq).min(1)
+    return (mn + (xc * xc).sum(1)).clamp_min_(0.0), idx
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
@@ -119,7 +124,7 @@ def assign(x: Tensor, centers: Tensor, chunk_size: int | None = None) -> tuple[T
     sq = torch.empty(n, dtype=dt, device=x.device)
     for i in range(0, n, rows):
         xc = x[i : i + rows].to(dt) - shift
-        mn, idx = _sq_dist(xc, c, c_sq).min(1)
+        mn, idx = _nearest(xc, c, c_sq)
         labels[i : i + rows] = idx
         sq[i : i + rows] = mn
     return labels, sq
@@ -143,7 +148,9 @@ def _plusplus(x: Tensor, k: int, seed: int, rows: int, shift: Tensor) -> Tensor:
         c_sq = (c * c).sum(1)
         out = torch.empty(n, c.shape[0], dtype=dt, device=x.device)
         for i in range(0, n, rows):
-            out[i : i + rows] = _sq_dist(x[i : i + rows].to(dt) - shift, c, c_sq)
+            xc = x[i : i + rows].to(dt) - shift
+            d2 = _partial_dist(xc, c, c_sq).add_((xc * xc).sum(1, keepdim=True))
+            out[i : i + rows] = d2.clamp_min_(0.0)
         return out
 
     first = torch.randint(n, (1,), generator=g, device=x.device)
@@ -245,7 +252,7 @@ def kmeans(
         sums = torch.zeros(k, d, dtype=torch.float64, device=dev)
         for i in range(0, n, rows):
             xc = x[i : i + rows].to(dt) - shift
-            mn, idx = _sq_dist(xc, c, c_sq).min(1)
+            mn, idx = _nearest(xc, c, c_sq)
             labels[i : i + rows] = idx
             sq[i : i + rows] = mn
             if use_matmul:
@@ -281,5 +288,5 @@ def kmeans(
         c_sq = (c * c).sum(1)
         for i in range(0, n, rows):
             xc = x[i : i + rows].to(dt) - shift
-            labels[i : i + rows] = _sq_dist(xc, c, c_sq).argmin(1)
+            labels[i : i + rows] = _partial_dist(xc, c, c_sq).argmin(1)
     return c + shift, labels
