@@ -219,6 +219,10 @@ def test_inputs_state_dict_and_errors(tmp_path):
     assert isinstance(res["ndb"], int) and isinstance(res["js"], float)
     assert res["p_values"].shape == (8,) and res["different_bins"].dtype == torch.bool
     assert res["query_proportions"].sum().item() == pytest.approx(1.0)
+    # integer pixels are binned without a float copy, exactly as their float values
+    r_int = NDB(num_bins=8).fit(xu8).evaluate(qu8)
+    r_float = NDB(num_bins=8).fit(xu8.float()).evaluate(qu8.float())
+    assert torch.equal(r_int["p_values"], r_float["p_values"])
     torch.save(ndb.state_dict(), tmp_path / "bins.pt")
     again = NDB.from_state_dict(torch.load(tmp_path / "bins.pt"))
     res2 = again.evaluate(qu8)

@@ -96,17 +96,28 @@ def js_divergence(p: Tensor, q: Tensor) -> float:
     return float(0.5 * (kl(p) + kl(q)))
 
 
-def _as_2d(samples: Any, device: torch.device | str | None) -> Tensor:
+def _as_2d(samples: Any) -> Tensor:
+    """[N, ...] tensor or array -> [N, d] tensor (dtype and device kept)."""
     x = samples if isinstance(samples, Tensor) else torch.as_tensor(np.asarray(samples))
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"NDB expects samples of shape [N, ...] with N >= 1, got {tuple(x.shape)}")
-    x = x.detach()
-    if device is not None:
-        x = x.to(device)
-    x = x.reshape(x.shape[0], -1)
-    if not x.is_floating_point():
-        x = x.float()
-    return x
+    return x.detach().reshape(x.shape[0], -1)
+
+
+def _mean_std(x: Tensor, rows: int = 4096) -> tuple[Tensor, Tensor]:
+    """Per-column mean and (population std + 1e-6) of x, accumulated chunk-wise in float64
+    around a first-row shift (no float64 copy of x); returned as float32."""
+    ref = x[0].double()
+    s1 = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    s2 = torch.zeros_like(s1)
+    for i in range(0, x.shape[0], rows):
+        c = x[i : i + rows].double() - ref
+        s1 += c.sum(0)
+        s2 += (c * c).sum(0)
+    n = x.shape[0]
+    m = s1 / n
+    var = (s2 / n - m * m).clamp_min(0.0)
+    return (m + ref).float().cpu(), (var.sqrt() + _STD_EPS).float().cpu()
 
 
 class NDB:
@@ -160,21 +171,22 @@ class NDB:
         self.centers_: Tensor | None = None
 
     # ------------------------------------------------------------------ fitting
-    def _transform(self, x: Tensor) -> Tensor:
-        if x.shape[1] != self.num_dims_:
-            raise ValueError(
-                f"query samples have {x.shape[1]} values each, the training samples had "
-                f"{self.num_dims_}; NDB needs samples of the same shape"
-            )
+    def _transform(self, x: Tensor, device: torch.device | str | None) -> Tensor:
+        """Flattened samples -> the binning space: used dims, on device, whitened if asked.
+        Integer samples (uint8 pixels) stay integers unless whitened (k-means reads them
+        chunk by chunk as float32), so no float copy of a large image set is made."""
         if self.dims_ is not None:
             x = x[:, self.dims_.to(x.device)]
+        if device is not None:
+            x = x.to(device)
         if self.whitening:
+            x = x if x.is_floating_point() else x.float()
             x = (x - self.mean_.to(x.device, x.dtype)) / self.std_.to(x.device, x.dtype)
         return x
 
     def fit(self, train: Any) -> NDB:
         """Bin the training samples ([N, ...], any shape, flattened) with K-means."""
-        x = _as_2d(train, self.device)
+        x = _as_2d(train)
         n, d = x.shape
         if n < self.num_bins:
             raise ValueError(
@@ -190,13 +202,10 @@ class NDB:
             self.dims_ = torch.randperm(d, generator=g)[:max_dims].sort().values
         else:
             self.dims_ = None
-        if self.dims_ is not None:
-            x = x[:, self.dims_.to(x.device)]
-        if self.whitening:
-            xd = x.double()
-            self.mean_ = xd.mean(0).to(x.dtype)
-            self.std_ = (xd.std(0, unbiased=False) + _STD_EPS).to(x.dtype)
-            x = (x - self.mean_) / self.std_
+        if self.whitening:  # per-dimension statistics of the used dimensions, float64
+            raw = x[:, self.dims_] if self.dims_ is not None else x
+            self.mean_, self.std_ = _mean_std(raw)
+        x = self._transform(x, self.device)
         self.centers_, labels = kmeans(
             x,
             self.num_bins,
@@ -214,8 +223,14 @@ class NDB:
     def bin_labels(self, samples: Any) -> Tensor:
         """[N] bin index (nearest training center) of every sample ([N, ...]), on CPU."""
         self._check_fitted()
-        x = _as_2d(samples, self.centers_.device)
-        labels, _ = assign(self._transform(x), self.centers_, self.chunk_size)
+        x = _as_2d(samples)
+        if x.shape[1] != self.num_dims_:
+            raise ValueError(
+                f"query samples have {x.shape[1]} values each, the training samples had "
+                f"{self.num_dims_}; NDB needs samples of the same shape"
+            )
+        x = self._transform(x, self.centers_.device)
+        labels, _ = assign(x, self.centers_, self.chunk_size)
         return labels.cpu()
 
     def bin_counts(self, samples: Any) -> Tensor:
