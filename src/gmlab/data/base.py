@@ -17,7 +17,9 @@ class InMemoryDataModule(L.LightningDataModule, abc.ABC):
 
     Subclasses implement `load_splits()`, returning raw `(x, y)` tensor pairs for
     "train" and "test" (x: uint8 [N, C, H, W] images or float [N, d] points; y: int64
-    [N]). The validation split is carved from train with a fixed seed.
+    [N]). The validation split is carved from train with a fixed seed, unless
+    `load_splits()` also returns a "val" pair (a dataset's official validation split,
+    e.g. CelebA's), which is then used as it is and `val_size` is ignored.
 
     Args:
         root: folder holding the dataset files (torchvision's layout).
@@ -64,18 +66,26 @@ class InMemoryDataModule(L.LightningDataModule, abc.ABC):
         if self.splits:
             return
         raw = self.load_splits()
-        x_train, y_train = raw["train"]
-        n_val = self.val_size if self.val_size >= 1 else round(self.val_size * len(x_train))
-        n_val = int(n_val)
-        perm = torch.randperm(
-            len(x_train), generator=torch.Generator().manual_seed(self.split_seed)
-        )
-        val_idx, train_idx = perm[:n_val], perm[n_val:].sort().values
-        splits = {
-            "train": (x_train[train_idx], y_train[train_idx]),
-            "val": (x_train[val_idx.sort().values], y_train[val_idx.sort().values]),
-            "test": raw["test"],
-        }
+        if "val" in raw:
+            splits = {"train": raw["train"], "val": raw["val"], "test": raw["test"]}
+        else:
+            x_train, y_train = raw["train"]
+            n_val = self.val_size if self.val_size >= 1 else round(self.val_size * len(x_train))
+            n_val = int(n_val)
+            if not 0 <= n_val < len(x_train):
+                raise ShapeError(
+                    f"{type(self).__name__}: data.val_size={self.val_size} leaves no training "
+                    f"samples (train has {len(x_train)})"
+                )
+            perm = torch.randperm(
+                len(x_train), generator=torch.Generator().manual_seed(self.split_seed)
+            )
+            val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+            splits = {
+                "train": (x_train[train_idx], y_train[train_idx]),
+                "val": (x_train[val_idx], y_train[val_idx]),
+                "test": raw["test"],
+            }
         for name, (x, y) in splits.items():
             if self.shape and tuple(x.shape[1:]) != self.shape:
                 raise ShapeError(

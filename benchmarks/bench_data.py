@@ -1,0 +1,149 @@
+"""One MNIST training epoch of batches (batch 128): the gmlab DataModule vs torchvision.
+
+torchvision: `DataLoader(MNIST(transform=ToTensor()), batch_size=128, shuffle=True)`,
+PIL image and per-sample transform for each of the 60,000 images.
+gmlab: `MNISTDataModule` (val_size=0, so both see all 60,000 training images) batches
+by indexing one uint8 tensor; timed with and without the model's `Preprocessor`
+(to float, uniform dequantization), i.e. what a model sees.
+
+Data: real MNIST from ../shared/data when present, else synthetic MNIST-shaped IDX
+files in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import best_time
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+BATCH = 128
+
+
+def synthetic_mnist(root: Path) -> None:
+    """MNIST-shaped IDX files (60k/10k random 28x28 digits) in torchvision's layout."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 60_000), ("t10k", 10_000)):
+        x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        y = rng.integers(0, 10, n, dtype=np.uint8)
+        for kind, arr in (("images-idx3", x), ("labels-idx1", y)):
+            header = struct.pack(">I", 0x0800 + arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+            (raw / f"{prefix}-{kind}-ubyte").write_bytes(header + arr.tobytes())
+
+
+def torchvision_epoch(root: Path):
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import MNIST
+    from torchvision.transforms import ToTensor
+
+    loader = DataLoader(MNIST(str(root), transform=ToTensor()), batch_size=BATCH, shuffle=True)
+
+    def epoch() -> int:
+        n = 0
+        for x, _ in loader:
+            n += len(x)
+        return n
+
+    return epoch
+
+
+def gmlab_epoch(root: Path, cache_dir: Path, preprocess: bool, device: str = "cpu"):
+    from gmlab.data import MNISTDataModule, Preprocessor
+
+    dm = MNISTDataModule(root=str(root), cache_dir=str(cache_dir), batch_size=BATCH, val_size=0)
+    dm.setup()
+    pre = Preprocessor(dequantize=True, scale="unit")
+    loader = dm.train_dataloader()
+    if device != "cpu":
+        x, y = dm.tensors("train")
+        loader.x, loader.y = x.to(device), y.to(device)  # the whole split fits on the GPU
+    state = {"epoch": 0}
+
+    def epoch() -> int:
+        loader.sampler.set_epoch(state["epoch"])  # a new permutation, as in training
+        state["epoch"] += 1
+        n = 0
+        for x, _ in loader:
+            if preprocess:
+                x, _ = pre(x, train=True)
+            n += len(x)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return n
+
+    return epoch
+
+
+def main() -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if (SHARED / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+            root, source = SHARED, f"real MNIST from {SHARED}"
+        else:
+            root, source = tmp / "data", "synthetic MNIST-shaped IDX files"
+            synthetic_mnist(root)
+        print(f"data: {source}; one epoch = 60,000 training images in batches of {BATCH}")
+
+        start = time.perf_counter()
+        first = gmlab_epoch(root, tmp / "cache", preprocess=False)
+        decode_s = time.perf_counter() - start
+        start = time.perf_counter()
+        gmlab_epoch(root, tmp / "cache", preprocess=False)
+        cached_s = time.perf_counter() - start
+        tv = torchvision_epoch(root)
+        assert tv() == first() == 60_000
+
+        figures = {
+            "torchvision": best_time(tv, repeats=2, warmup=0),
+            "gmlab": best_time(gmlab_epoch(root, tmp / "cache", preprocess=True), repeats=5),
+            "gmlab_loader_only": best_time(first, repeats=5),
+        }
+        threads = torch.get_num_threads()
+        if threads > 1:  # per-batch ops are small: intra-op threads can cost more than they give
+            torch.set_num_threads(1)
+            try:
+                figures["gmlab_1_thread"] = best_time(
+                    gmlab_epoch(root, tmp / "cache", preprocess=True), repeats=5
+                )
+            finally:
+                torch.set_num_threads(threads)
+        if torch.cuda.is_available():
+            gpu = gmlab_epoch(root, tmp / "cache", preprocess=True, device="cuda")
+            figures["gmlab_gpu"] = best_time(gpu, repeats=5)
+
+    tv_s = figures["torchvision"]
+    rows = [
+        ("torchvision DataLoader(MNIST(transform=ToTensor()))", "torchvision"),
+        ("gmlab MNISTDataModule + Preprocessor (float, dequantized)", "gmlab"),
+        ("gmlab MNISTDataModule, uint8 batches only", "gmlab_loader_only"),
+        ("gmlab + Preprocessor, 1 torch thread", "gmlab_1_thread"),
+        ("gmlab, data and Preprocessor on the GPU", "gmlab_gpu"),
+    ]
+    for label, key in rows:
+        if key in figures:
+            s = figures[key]
+            print(f"  {label:<60} {s:8.4f} s/epoch   {tv_s / s:7.1f}x")
+    print(
+        f"  setup: first load {decode_s:.2f} s (IDX read + cache write), "
+        f"from the cache {cached_s:.2f} s"
+    )
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        print(f"  note: load average {load:.1f} on {cores} cores; timings from a busy machine")
+    ratio = tv_s / figures["gmlab"]
+    verdict = "meets" if ratio >= 50 else "misses"
+    print(f"speed-up (what a model sees): {ratio:.1f}x; {verdict} the 50x goal")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
