@@ -135,7 +135,7 @@ class NDB:
             100 and 1e-4: scikit-learn's `KMeans(max_iter=100)`, as in the original code).
         seed: seed of the K-means initialisation and of the random dimension choice.
         device: device to bin on (default: the training samples' device).
-        chunk_size: rows per distance chunk of the K-means (default: ~128 MiB budget).
+        chunk_size: rows per distance chunk of the K-means (default: see gmlab.ops.kmeans).
 
     After `fit(train)`: `centers_` [K, d_used], `train_proportions_` [K], `num_train_`,
     `dims_` (LongTensor of used dimensions, or None for all), `mean_`/`std_` (whitening).

@@ -9,7 +9,8 @@ Design:
 * Squared distances are ||x||^2 - 2 x c^T + ||c||^2, computed over chunks of rows so
   that at most `chunk_size x k` distances exist at once (no N x k x d tensor, and no
   N x k tensor unless it fits the budget). The default chunk keeps one chunk's
-  distances plus its rows under ~2^25 elements (128 MiB in float32).
+  distances plus its rows under 2^20 elements (4 MiB in float32, cache-sized) on CPUs
+  and 2^25 (128 MiB) on GPUs.
 * Float32 stability: every chunk is shifted by the data mean before the expansion
   (cancellation in ||x||^2 - 2 x c + ||c||^2 grows with the distance from the origin, so
   pixel data in [0, 255] would otherwise lose digits); distances are clamped at 0.
@@ -37,7 +38,9 @@ from torch import Tensor
 
 __all__ = ["assign", "kmeans", "kmeans_plusplus", "inertia"]
 
-_CHUNK_BUDGET = 2**25  # elements per chunk: rows x (k + d)
+# elements per chunk, rows x (k + d): cache-sized on CPUs (large chunks spill the
+# elementwise work to DRAM; measured ~2x slower at 20k x 784, K=100), large on GPUs
+_CHUNK_BUDGET = {"cpu": 2**20, "gpu": 2**25}
 
 
 def _work_dtype(x: Tensor) -> torch.dtype:
@@ -64,12 +67,13 @@ def _check_k(x: Tensor, k: int) -> None:
         )
 
 
-def _chunk_rows(n: int, k: int, d: int, chunk_size: int | None) -> int:
+def _chunk_rows(n: int, k: int, d: int, chunk_size: int | None, device: torch.device) -> int:
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         return min(int(chunk_size), n)
-    return max(1, min(n, _CHUNK_BUDGET // (k + d)))
+    budget = _CHUNK_BUDGET["cpu" if device.type == "cpu" else "gpu"]
+    return max(1, min(n, budget // (k + d)))
 
 
 def _mean(x: Tensor, rows: int) -> Tensor:
@@ -104,7 +108,7 @@ def assign(x: Tensor, centers: Tensor, chunk_size: int | None = None) -> tuple[T
     Args:
         x: [N, d] points.
         centers: [k, d] centers (moved to x's device and working dtype).
-        chunk_size: rows per chunk (default: a ~128 MiB budget).
+        chunk_size: rows per chunk (default: 4 MiB of work memory on CPU, 128 MiB on GPU).
 
     Returns:
         labels [N] int64 and sq_dist [N] (squared Euclidean distance to that center, in
@@ -116,7 +120,7 @@ def assign(x: Tensor, centers: Tensor, chunk_size: int | None = None) -> tuple[T
     if centers.dim() != 2 or centers.shape[1] != x.shape[1]:
         raise ValueError(f"centers must be [k, {x.shape[1]}], got {tuple(centers.shape)}")
     n, d = x.shape
-    rows = _chunk_rows(n, centers.shape[0], d, chunk_size)
+    rows = _chunk_rows(n, centers.shape[0], d, chunk_size, x.device)
     shift = _mean(x, rows)
     c = centers - shift
     c_sq = (c * c).sum(1)
@@ -177,7 +181,7 @@ def kmeans_plusplus(x: Tensor, k: int, seed: int = 0, chunk_size: int | None = N
     """Greedy k-means++ seeding (sklearn's algorithm, torch RNG): [k, d] centers, rows of x."""
     x = _check_x(x)
     _check_k(x, k)
-    rows = _chunk_rows(x.shape[0], 2 + int(math.log(k)), x.shape[1], chunk_size)
+    rows = _chunk_rows(x.shape[0], 2 + int(math.log(k)), x.shape[1], chunk_size, x.device)
     shift = _mean(x, rows)
     return _plusplus(x, k, seed, rows, shift) + shift
 
@@ -202,7 +206,8 @@ def kmeans(
         init: "k-means++" (greedy, sklearn's variant), "random" (k distinct rows drawn
             uniformly), or a [k, d] tensor of initial centers.
         seed: RNG seed of the initialisation; results are deterministic given it.
-        chunk_size: rows per distance chunk (default: ~128 MiB of work memory).
+        chunk_size: rows per distance chunk (default: 4 MiB of work memory on CPU,
+            128 MiB on GPU).
         tol: relative center-shift tolerance (0: only stop on unchanged labels).
 
     Returns:
@@ -215,7 +220,7 @@ def kmeans(
     n, d = x.shape
     dt = _work_dtype(x)
     dev = x.device
-    rows = _chunk_rows(n, max(k, 2 + int(math.log(k))), d, chunk_size)
+    rows = _chunk_rows(n, max(k, 2 + int(math.log(k))), d, chunk_size, dev)
     shift = _mean(x, rows)
 
     if isinstance(init, str):
