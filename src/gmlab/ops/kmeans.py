@@ -32,6 +32,7 @@ Integer inputs (uint8 images) are read as float32; float64 inputs stay float64.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -96,6 +97,37 @@ def _nearest(xc: Tensor, c: Tensor, c_sq: Tensor) -> tuple[Tensor, Tensor]:
     return (mn + (xc * xc).sum(1)).clamp_min_(0.0), idx
 
 
+class _Blocks:
+    """Runs fn(lo, hi) over row ranges covering [0, n): one range on GPUs or with one
+    torch thread; on CPUs with T > 1 threads, T contiguous ranges in a thread pool with
+    torch's intra-op threads set to 1 meanwhile (as scikit-learn parallelises Lloyd over
+    chunks: one join per pass instead of a barrier per small op, which matters when the
+    cores are shared). Results come back in range order, so sums are deterministic."""
+
+    def __init__(self, n: int, rows: int, device: torch.device) -> None:
+        self.threads = torch.get_num_threads() if device.type == "cpu" else 1
+        blocks = self.threads if n >= 256 * self.threads else 1
+        step = -(-n // max(blocks, 1))
+        self.ranges = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+        self.pool = None
+        if len(self.ranges) > 1:
+            self.pool = ThreadPoolExecutor(len(self.ranges), thread_name_prefix="kmeans")
+            torch.set_num_threads(1)
+
+    def map(self, fn):
+        if self.pool is None:
+            return [fn(lo, hi) for lo, hi in self.ranges]
+        return list(self.pool.map(lambda r: fn(*r), self.ranges))
+
+    def __enter__(self) -> _Blocks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            torch.set_num_threads(self.threads)
+
+
 def _generator(device: torch.device, seed: int) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
@@ -126,11 +158,14 @@ def assign(x: Tensor, centers: Tensor, chunk_size: int | None = None) -> tuple[T
     c_sq = (c * c).sum(1)
     labels = torch.empty(n, dtype=torch.long, device=x.device)
     sq = torch.empty(n, dtype=dt, device=x.device)
-    for i in range(0, n, rows):
-        xc = x[i : i + rows].to(dt) - shift
-        mn, idx = _nearest(xc, c, c_sq)
-        labels[i : i + rows] = idx
-        sq[i : i + rows] = mn
+
+    def work(lo: int, hi: int) -> None:
+        for i in range(lo, hi, rows):
+            j = min(i + rows, hi)
+            sq[i:j], labels[i:j] = _nearest(x[i:j].to(dt) - shift, c, c_sq)
+
+    with _Blocks(n, rows, x.device) as blocks:
+        blocks.map(work)
     return labels, sq
 
 
@@ -140,7 +175,7 @@ def inertia(x: Tensor, centers: Tensor, chunk_size: int | None = None) -> float:
     return float(sq.double().sum())
 
 
-def _plusplus(x: Tensor, k: int, seed: int, rows: int, shift: Tensor) -> Tensor:
+def _plusplus(x: Tensor, k: int, seed: int, rows: int, shift: Tensor, blocks: _Blocks) -> Tensor:
     """Greedy k-means++ on the shifted problem; returns shifted centers [k, d]."""
     n, d = x.shape
     dt = shift.dtype
@@ -151,10 +186,15 @@ def _plusplus(x: Tensor, k: int, seed: int, rows: int, shift: Tensor) -> Tensor:
     def dists_to(c: Tensor) -> Tensor:  # [N, m] squared distances to m shifted centers
         c_sq = (c * c).sum(1)
         out = torch.empty(n, c.shape[0], dtype=dt, device=x.device)
-        for i in range(0, n, rows):
-            xc = x[i : i + rows].to(dt) - shift
-            d2 = _partial_dist(xc, c, c_sq).add_((xc * xc).sum(1, keepdim=True))
-            out[i : i + rows] = d2.clamp_min_(0.0)
+
+        def work(lo: int, hi: int) -> None:
+            for i in range(lo, hi, rows):
+                j = min(i + rows, hi)
+                xc = x[i:j].to(dt) - shift
+                d2 = _partial_dist(xc, c, c_sq).add_((xc * xc).sum(1, keepdim=True))
+                out[i:j] = d2.clamp_min_(0.0)
+
+        blocks.map(work)
         return out
 
     first = torch.randint(n, (1,), generator=g, device=x.device)
@@ -183,7 +223,8 @@ def kmeans_plusplus(x: Tensor, k: int, seed: int = 0, chunk_size: int | None = N
     _check_k(x, k)
     rows = _chunk_rows(x.shape[0], 2 + int(math.log(k)), x.shape[1], chunk_size, x.device)
     shift = _mean(x, rows)
-    return _plusplus(x, k, seed, rows, shift) + shift
+    with _Blocks(x.shape[0], rows, x.device) as blocks:
+        return _plusplus(x, k, seed, rows, shift, blocks) + shift
 
 
 def kmeans(
@@ -223,75 +264,87 @@ def kmeans(
     rows = _chunk_rows(n, max(k, 2 + int(math.log(k))), d, chunk_size, dev)
     shift = _mean(x, rows)
 
-    if isinstance(init, str):
-        if init == "k-means++":
-            c = _plusplus(x, k, seed, rows, shift)
-        elif init == "random":
-            g = _generator(dev, seed)
-            idx = torch.randperm(n, generator=g, device=dev)[:k]
-            c = x[idx].to(dt) - shift
-        else:
-            raise ValueError(f"init must be 'k-means++', 'random' or a [k, d] tensor, got {init!r}")
-    else:
-        c0 = torch.as_tensor(init)
-        if tuple(c0.shape) != (k, d):
-            raise ValueError(f"init centers must be [{k}, {d}], got {tuple(c0.shape)}")
-        c = c0.to(device=dev, dtype=dt) - shift
-
-    tol_abs = 0.0
-    if tol > 0:
-        var = torch.zeros(d, dtype=torch.float64, device=dev)
-        for i in range(0, n, rows):
-            var += ((x[i : i + rows].to(torch.float64) - shift.double()) ** 2).sum(0)
-        tol_abs = float((var / n).mean()) * tol
-
-    labels = torch.empty(n, dtype=torch.long, device=dev)
-    sq = torch.empty(n, dtype=dt, device=dev)
-    prev = None
-    converged = False
-    # cluster sums: a one-hot matmul on GPUs (deterministic, no atomics) and on CPUs when
-    # rows are short (index_add_ has a large per-row cost there); index_add_ otherwise
-    use_matmul = dev.type != "cpu" or d < 4 * k
-    for _ in range(n_iter):
-        c_sq = (c * c).sum(1)
-        sums = torch.zeros(k, d, dtype=torch.float64, device=dev)
-        for i in range(0, n, rows):
-            xc = x[i : i + rows].to(dt) - shift
-            mn, idx = _nearest(xc, c, c_sq)
-            labels[i : i + rows] = idx
-            sq[i : i + rows] = mn
-            if use_matmul:
-                onehot = torch.nn.functional.one_hot(idx, k).to(dt)
-                sums += (onehot.T @ xc).double()
+    with _Blocks(n, rows, dev) as blocks:
+        if isinstance(init, str):
+            if init == "k-means++":
+                c = _plusplus(x, k, seed, rows, shift, blocks)
+            elif init == "random":
+                g = _generator(dev, seed)
+                idx = torch.randperm(n, generator=g, device=dev)[:k]
+                c = x[idx].to(dt) - shift
             else:
-                sums += torch.zeros(k, d, dtype=dt, device=dev).index_add_(0, idx, xc).double()
-        if prev is not None and torch.equal(labels, prev):
-            converged = True
-            break  # converged: the update would reproduce c exactly
-        counts = torch.bincount(labels, minlength=k).to(torch.float64)
-        empty = torch.nonzero(counts == 0).flatten()
-        if empty.numel() > 0:
-            # sklearn's relocation: the farthest points become the empty clusters' centers
-            far = torch.topk(sq, empty.numel()).indices
-            far_x = (x[far].to(dt) - shift).double()
-            old = labels[far]
-            sums.index_add_(0, old, -far_x)
-            counts.index_add_(0, old, -torch.ones_like(old, dtype=torch.float64))
-            sums[empty] = far_x
-            counts[empty] = 1.0
-        nonzero = counts > 0
-        new_c = c.double().clone()
-        new_c[nonzero] = sums[nonzero] / counts[nonzero].unsqueeze(1)
-        new_c = new_c.to(dt)
-        shift_sq = float(((new_c.double() - c.double()) ** 2).sum())
-        c = new_c
-        prev = labels.clone()
-        if tol > 0 and shift_sq <= tol_abs:
-            break
+                raise ValueError(
+                    f"init must be 'k-means++', 'random' or a [k, d] tensor, got {init!r}"
+                )
+        else:
+            c0 = torch.as_tensor(init)
+            if tuple(c0.shape) != (k, d):
+                raise ValueError(f"init centers must be [{k}, {d}], got {tuple(c0.shape)}")
+            c = c0.to(device=dev, dtype=dt) - shift
 
-    if not converged:  # labels of the returned centers (the loop's are one update behind)
-        c_sq = (c * c).sum(1)
-        for i in range(0, n, rows):
-            xc = x[i : i + rows].to(dt) - shift
-            labels[i : i + rows] = _partial_dist(xc, c, c_sq).argmin(1)
+        tol_abs = 0.0
+        if tol > 0:
+            var = torch.zeros(d, dtype=torch.float64, device=dev)
+            for i in range(0, n, rows):
+                var += ((x[i : i + rows].to(torch.float64) - shift.double()) ** 2).sum(0)
+            tol_abs = float((var / n).mean()) * tol
+
+        labels = torch.empty(n, dtype=torch.long, device=dev)
+        sq = torch.empty(n, dtype=dt, device=dev)
+        prev = None
+        converged = False
+        # cluster sums: a one-hot matmul on GPUs (deterministic, no atomics) and on CPUs when
+        # rows are short (index_add_ has a large per-row cost there); index_add_ otherwise
+        use_matmul = dev.type != "cpu" or d < 4 * k
+        for _ in range(n_iter):
+            c_sq = (c * c).sum(1)
+
+            def lloyd(lo: int, hi: int, c=c, c_sq=c_sq) -> Tensor:
+                part = torch.zeros(k, d, dtype=torch.float64, device=dev)
+                for i in range(lo, hi, rows):
+                    j = min(i + rows, hi)
+                    xc = x[i:j].to(dt) - shift
+                    sq[i:j], labels[i:j] = _nearest(xc, c, c_sq)
+                    if use_matmul:
+                        onehot = torch.nn.functional.one_hot(labels[i:j], k).to(dt)
+                        part += (onehot.T @ xc).double()
+                    else:
+                        blk = torch.zeros(k, d, dtype=dt, device=dev)
+                        part += blk.index_add_(0, labels[i:j], xc).double()
+                return part
+
+            sums = torch.stack(blocks.map(lloyd)).sum(0)
+            if prev is not None and torch.equal(labels, prev):
+                converged = True
+                break  # converged: the update would reproduce c exactly
+            counts = torch.bincount(labels, minlength=k).to(torch.float64)
+            empty = torch.nonzero(counts == 0).flatten()
+            if empty.numel() > 0:
+                # sklearn's relocation: the farthest points become the empty clusters' centers
+                far = torch.topk(sq, empty.numel()).indices
+                far_x = (x[far].to(dt) - shift).double()
+                old = labels[far]
+                sums.index_add_(0, old, -far_x)
+                counts.index_add_(0, old, -torch.ones_like(old, dtype=torch.float64))
+                sums[empty] = far_x
+                counts[empty] = 1.0
+            nonzero = counts > 0
+            new_c = c.double().clone()
+            new_c[nonzero] = sums[nonzero] / counts[nonzero].unsqueeze(1)
+            new_c = new_c.to(dt)
+            shift_sq = float(((new_c.double() - c.double()) ** 2).sum())
+            c = new_c
+            prev = labels.clone()
+            if tol > 0 and shift_sq <= tol_abs:
+                break
+
+        if not converged:  # labels of the returned centers (the loop's are one update behind)
+            c_sq = (c * c).sum(1)
+
+            def relabel(lo: int, hi: int, c=c, c_sq=c_sq) -> None:
+                for i in range(lo, hi, rows):
+                    j = min(i + rows, hi)
+                    labels[i:j] = _partial_dist(x[i:j].to(dt) - shift, c, c_sq).argmin(1)
+
+            blocks.map(relabel)
     return c + shift, labels
