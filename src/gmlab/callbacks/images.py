@@ -47,7 +47,7 @@ class ImageGrids(L.Callback):
             figures = pl_module.figures(x_raw)
         run_dir = Path(trainer.default_root_dir)
         for name, image in figures.items():
-            image = image.detach().float().cpu().clamp(0, 1)
+            image = enlarge(image.detach().float().cpu().clamp(0, 1))
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     logger.experiment.add_image(f"{prefix}/{name}", image, global_step=step)
@@ -55,3 +55,10 @@ class ImageGrids(L.Callback):
                 path = run_dir / prefix / name / f"epoch_{step:03d}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torchvision.utils.save_image(image, path)
+
+
+def enlarge(image: torch.Tensor, min_side: int = 256, max_factor: int = 8) -> torch.Tensor:
+    """Nearest-neighbour upscaling of small grids [C, H, W] (8x8 digits) so that they are
+    readable in TensorBoard; pixels stay sharp squares."""
+    factor = max(1, min(max_factor, min_side // max(image.shape[-2:])))
+    return image.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
