@@ -8,6 +8,19 @@ by indexing one uint8 tensor; timed with and without the model's `Preprocessor`
 
 Data: real MNIST from ../shared/data when present, else synthetic MNIST-shaped IDX
 files in a temporary folder.
+
+Recorded 2026-11-22, 2-core x86_64 VM, torch 2.14.1, real MNIST, the machine shared
+with other jobs (load average 12-15, so wall times are inflated):
+  torchvision                          8.45 s wall   3.29 s CPU per epoch
+  gmlab + Preprocessor (2 threads)     6.09 s wall   2.42 s CPU   1.4x (OpenMP threads
+                                                                 starved by the load)
+  gmlab + Preprocessor (1 thread)      0.61 s wall   0.25 s CPU   13.9x wall, 13.2x CPU
+  gmlab uint8 batches only             0.63 s wall   0.25 s CPU   13.4x
+On the idle machine (same operations in a loop, 54,000 images): torchvision 3.1-3.4 s,
+gmlab + dequantization 0.17-0.22 s (15-20x), uint8 batches alone 0.03 s (about 100x).
+The uniform noise (torch.rand: 47M values per epoch, one thread on CPU) is about 90% of
+the gmlab figure: 0.198 s CPU with it, 0.013 s for the float conversion without it, so
+the 50x goal for "what a model sees" on CPU needs cheaper noise; on a GPU it is free.
 """
 
 from __future__ import annotations
