@@ -22,6 +22,8 @@ Conventions:
   range (pixels in [0, 255], or whatever the training data uses). No rescaling happens
   unless `whitening=True`: then every dimension is standardised by the training
   samples' mean and std (plus 1e-6, so constant pixels stay finite) before binning.
+  Whitening suits features of comparable reliability; on images it inflates nearly
+  constant pixels (MNIST borders) into dominant, noisy dimensions, so it is off by default.
 * When d > 1000 and `max_dims` is not given, d // 6 dimensions chosen at random (with
   `seed`) are used for binning, as in the original code (CelebA 64x64x3 -> 2048 dims).
   `max_dims=0` disables this and always uses every dimension.
