@@ -1,0 +1,381 @@
+"""`gmlab.MFA`: a scikit-learn-style estimator for MFA / MPPCA.
+
+    from gmlab import MFA
+    mfa = MFA(n_components=50, n_factors=6, noise="diagonal").fit(X)
+    mfa.score_samples(X)     # [N] log-densities (nats)
+    mfa.predict(X)           # [N] MAP components
+    X_new, comp = mfa.sample(16)
+    mfa.reconstruct(X, mask) # in-painting, mask True = observed
+    mfa.bpd(X_uint8)         # bits/dim on gmlab's convention
+
+`fit` runs the same LightningModule (`gmlab.models.mfa.MFAModel`) as `gmlab-train`, on a
+Lightning Trainer without loggers or checkpoints. Inputs:
+
+* float arrays/tensors [N, d]: modelled as they are (any units);
+* integer arrays/tensors (uint8 pixels 0..255): dequantized, y = (x + u) / 256, so that
+  `score_samples` is the log-density of y on the unit cube, `bpd` the bits/dim of
+  DESIGN.md, and `sample` / `reconstruct` return pixel values in [0, 255];
+* a gmlab DataModule: its training split (images [N, C, H, W] are flattened).
+
+Outputs are numpy arrays for numpy inputs and torch tensors otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+
+import lightning as L
+import numpy as np
+import torch
+
+from gmlab.data.base import InMemoryDataModule
+from gmlab.distributions.mfa import NOISE_TYPES
+from gmlab.errors import NonFiniteError, ShapeError
+from gmlab.models.mfa import MFAModel
+
+__all__ = ["MFA"]
+
+
+class MFA:
+    """Mixture of factor analyzers (or of PPCAs) fitted by EM.
+
+    Args:
+        n_components: K, the number of components.
+        n_factors: l, latent factors per component (0: a diagonal-covariance GMM).
+        noise: "diagonal" (MFA) or "isotropic" (MPPCA).
+        max_iter: maximum EM passes over the data.
+        tol: stop when the mean training log-likelihood (nats/point) improves by less
+            than this between passes (0: always run `max_iter` passes).
+        init: "kmeans" or "rnd_samples".
+        noise_floor: lower bound of the noise variances (data units).
+        reseed_below: responsibility mass (points) under which a component is re-seeded.
+        feature_sampling: None or the fraction of coordinates used for responsibilities.
+        finetune_epochs: Adam epochs on the negative log-likelihood after EM.
+        finetune_lr: their learning rate.
+        batch_size: points per E-step batch (memory vs. matmul efficiency).
+        accelerator, devices: passed to the Lightning Trainer ("auto" uses a GPU if any).
+        random_state: seed of the initialisation, shuffling and dequantization noise.
+        verbose: show Lightning's progress bar.
+
+    Fitted attributes: `means_` [K, d], `factors_` [K, d, l], `noise_variance_` [K, d],
+    `weights_` [K], `n_iter_`, `log_likelihood_` (mean training log-likelihood after
+    each EM pass's E-step), `n_features_in_`, `model_` (the LightningModule).
+    """
+
+    def __init__(
+        self,
+        n_components: int = 10,
+        n_factors: int = 4,
+        noise: str = "diagonal",
+        max_iter: int = 20,
+        tol: float = 1e-3,
+        init: str = "kmeans",
+        noise_floor: float = 1e-6,
+        reseed_below: float = 1.0,
+        feature_sampling: float | None = None,
+        finetune_epochs: int = 0,
+        finetune_lr: float = 1e-4,
+        batch_size: int = 4096,
+        accelerator: str = "cpu",
+        devices: int | str = 1,
+        random_state: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        self.n_components = n_components
+        self.n_factors = n_factors
+        self.noise = noise
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init = init
+        self.noise_floor = noise_floor
+        self.reseed_below = reseed_below
+        self.feature_sampling = feature_sampling
+        self.finetune_epochs = finetune_epochs
+        self.finetune_lr = finetune_lr
+        self.batch_size = batch_size
+        self.accelerator = accelerator
+        self.devices = devices
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __repr__(self) -> str:
+        return (
+            f"MFA(n_components={self.n_components}, n_factors={self.n_factors}, "
+            f"noise={self.noise!r}, max_iter={self.max_iter})"
+        )
+
+    # -------------------------------------------------------------- checks
+    def _check_params(self) -> None:
+        if self.noise not in NOISE_TYPES:
+            raise ValueError(f"noise must be one of {NOISE_TYPES}, got {self.noise!r}")
+        for name in ("n_components", "max_iter", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.n_factors, (int, np.integer)) or self.n_factors < 0:
+            raise ValueError(f"n_factors must be a non-negative integer, got {self.n_factors!r}")
+        if self.init not in ("kmeans", "rnd_samples"):
+            raise ValueError(f"init must be 'kmeans' or 'rnd_samples', got {self.init!r}")
+        if self.noise_floor <= 0:
+            raise ValueError(f"noise_floor must be > 0, got {self.noise_floor}")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise RuntimeError(
+                "This MFA instance is not fitted yet: call fit(X) before using this method."
+            )
+
+    def _as_tensor(
+        self, X, name: str = "X", allow_images: bool = True
+    ) -> tuple[torch.Tensor, bool]:
+        """Validate an input batch: ([N, d] tensor, whether it came as numpy)."""
+        is_numpy = not torch.is_tensor(X)
+        if is_numpy:
+            try:
+                X = torch.as_tensor(np.asarray(X))
+            except (TypeError, ValueError) as exc:
+                raise ShapeError(f"{name} must be an array or tensor of numbers: {exc}") from exc
+        if X.dtype == torch.bool or X.is_complex():
+            raise ShapeError(f"{name} must hold real numbers, got dtype {X.dtype}")
+        if X.dim() == 1:
+            raise ShapeError(
+                f"{name} must be 2-D [n_samples, n_features], got a 1-D array of shape "
+                f"{tuple(X.shape)}; use X.reshape(1, -1) for a single sample"
+            )
+        if X.dim() > 2:
+            if not allow_images:
+                raise ShapeError(f"{name} must be 2-D, got shape {tuple(X.shape)}")
+            X = X.reshape(X.shape[0], -1)
+        if X.shape[0] == 0:
+            raise ShapeError(f"{name} has no samples (shape {tuple(X.shape)})")
+        if X.is_floating_point() and not torch.isfinite(X).all():
+            raise NonFiniteError(f"{name} contains NaN or infinite values")
+        if hasattr(self, "n_features_in_") and X.shape[1] != self.n_features_in_:
+            raise ShapeError(
+                f"{name} has {X.shape[1]} features, but MFA was fitted with "
+                f"{self.n_features_in_} features"
+            )
+        return X, is_numpy
+
+    def _out(self, t: torch.Tensor, is_numpy: bool):
+        t = t.detach()
+        return t.cpu().numpy() if is_numpy else t
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, X, y=None) -> MFA:
+        """Fit by EM (then `finetune_epochs` of Adam). X: [N, d] array/tensor or a
+        gmlab DataModule. Returns self."""
+        self._check_params()
+        for attr in ("n_features_in_", "model_"):
+            self.__dict__.pop(attr, None)
+        if isinstance(X, L.LightningDataModule):
+            dm = X
+            dm.setup("fit")
+            x_train = dm.tensors("train")[0] if hasattr(dm, "tensors") else None
+            shape = tuple(getattr(dm, "shape", ()) or tuple(x_train.shape[1:]))
+            self._integer = x_train is not None and not x_train.is_floating_point()
+            n = len(x_train) if x_train is not None else None
+        else:
+            x, _ = self._as_tensor(X)
+            shape = (x.shape[1],)
+            self._integer = not x.is_floating_point()
+            dm = _TensorDataModule(x, batch_size=self.batch_size)
+            n = len(x)
+        if n is not None and n < 2:
+            raise ShapeError(f"MFA needs at least 2 samples to fit, got {n}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_state)
+            model = MFAModel(
+                data_shape=list(shape),
+                preprocess={"dequantize": True, "scale": "unit"},
+                n_components=int(self.n_components),
+                n_factors=int(self.n_factors),
+                noise=self.noise,
+                init=self.init,
+                noise_floor=self.noise_floor,
+                reseed_below=self.reseed_below,
+                feature_sampling=self.feature_sampling,
+                em_passes=int(self.max_iter),
+                finetune_lr=self.finetune_lr,
+                seed=int(self.random_state),
+            )
+            history = _History(self.tol, int(self.max_iter), int(self.finetune_epochs))
+            with _quiet(not self.verbose):
+                trainer = L.Trainer(
+                    accelerator=self.accelerator,
+                    devices=self.devices,
+                    max_epochs=int(self.max_iter) + int(self.finetune_epochs),
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_progress_bar=bool(self.verbose),
+                    enable_model_summary=False,
+                    num_sanity_val_steps=0,
+                    limit_val_batches=0,
+                    use_distributed_sampler=False,
+                    callbacks=[history],
+                )
+                trainer.fit(model, datamodule=dm)
+        self.model_ = model.eval()
+        self.n_features_in_ = model.num_dims
+        self.log_likelihood_ = list(history.history)
+        self.n_iter_ = history.em_passes_run
+        self.converged_ = history.converged
+        m = model.mixture
+        self.means_ = m.means.detach().cpu().numpy()
+        self.factors_ = m.factors.detach().cpu().numpy()
+        self.noise_variance_ = m.noise_variance.detach().cpu().numpy()
+        self.weights_ = m.weights.detach().cpu().numpy()
+        return self
+
+    # ----------------------------------------------------------- inference
+    def _model_space(self, X) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Validated X -> (model-space points [N, d], log-det [N], came as numpy)."""
+        self._check_fitted()
+        x, is_numpy = self._as_tensor(X)
+        model = self.model_
+        x = x.to(model.device)
+        if self._integer and x.is_floating_point():
+            raise ShapeError("MFA was fitted on integer pixels: pass integer (uint8) data here too")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_state + 1)
+            xm, log_det = model.preprocess(x)
+        return xm.to(model.mixture.means.dtype), log_det, is_numpy
+
+    @torch.no_grad()
+    def score_samples(self, X):
+        """[N] log-density of each sample (nats; for integer pixels: of the dequantized
+        y = (x + u) / 256 on the unit cube)."""
+        x, log_det, is_numpy = self._model_space(X)
+        return self._out(self.model_.mixture.log_prob(x) + log_det, is_numpy)
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood per sample (nats)."""
+        return float(np.mean(np.asarray(torch.as_tensor(self.score_samples(X)).cpu())))
+
+    @torch.no_grad()
+    def predict_proba(self, X):
+        """[N, K] posterior component probabilities."""
+        x, _, is_numpy = self._model_space(X)
+        return self._out(self.model_.mixture.responsibilities(x), is_numpy)
+
+    @torch.no_grad()
+    def predict(self, X):
+        """[N] MAP component of each sample."""
+        x, _, is_numpy = self._model_space(X)
+        return self._out(self.model_.mixture.predict(x), is_numpy)
+
+    @torch.no_grad()
+    def sample(self, n_samples: int = 1, with_noise: bool = True):
+        """(X [n, d], components [n]) drawn from the model (numpy arrays); pixel values in
+        [0, 255] when fitted on integer pixels."""
+        self._check_fitted()
+        if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        gen = torch.Generator(device=self.model_.device).manual_seed(self.random_state + 2)
+        x, comp = self.model_.mixture.sample(int(n_samples), with_noise, generator=gen)
+        if self._integer:
+            x = self.model_.preprocess.to_pixels(x)
+        return x.cpu().numpy(), comp.cpu().numpy()
+
+    @torch.no_grad()
+    def reconstruct(self, X, mask, mode: str = "map"):
+        """In-painting: keep X where `mask` is True, fill the rest with the conditional
+        mean given the kept coordinates (under the MAP component, or mode="mixture":
+        responsibility-weighted). mask: bool [N, d] or [d]."""
+        self._check_fitted()
+        x, is_numpy = self._as_tensor(X)
+        m = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask)
+        if m.dtype != torch.bool:
+            raise ShapeError(f"mask must be boolean (True = observed), got dtype {m.dtype}")
+        m = m.reshape(1, -1).expand(x.shape[0], -1) if m.dim() == 1 else m.reshape(len(m), -1)
+        if m.shape != x.shape:
+            raise ShapeError(f"mask must have shape {tuple(x.shape)} or [{x.shape[1]}]")
+        model = self.model_
+        x, m = x.to(model.device), m.to(model.device)
+        xm = model.preprocess.to_model_space(x) if self._integer else x
+        rec = model.mixture.reconstruct(xm.to(model.mixture.means.dtype), m, mode)
+        if self._integer:
+            rec = torch.where(m, x.to(rec.dtype), model.preprocess.to_pixels(rec))
+        return self._out(rec, is_numpy)
+
+    @torch.no_grad()
+    def bpd(self, X_uint8, per_sample: bool = False):
+        """Bits/dim of integer pixels (0..255) on gmlab's convention (DESIGN.md):
+        (-log p(y) + d ln 256) / (d ln 2) with y = (x + u) / 256. Needs a model fitted on
+        integer pixels or on their dequantized values in [0, 1]. Mean, or [N] values."""
+        self._check_fitted()
+        x, is_numpy = self._as_tensor(X_uint8, "X_uint8")
+        if x.is_floating_point():
+            raise ShapeError(
+                f"bpd expects integer pixel values (uint8 0..255), got dtype {x.dtype}"
+            )
+        if x.min() < 0 or x.max() > 255:
+            raise ShapeError("bpd expects pixel values in 0..255")
+        model = self.model_
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_state + 1)
+            y = (x.to(model.device).float() + torch.rand(x.shape, device=model.device)) / 256
+        ll = model.mixture.log_prob(y.to(model.mixture.means.dtype))
+        d = x.shape[1]
+        bits = (-ll + d * math.log(256)) / (d * math.log(2))
+        if per_sample:
+            return self._out(bits, is_numpy)
+        return float(bits.mean())
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool):
+    """Silence Lightning's informational messages (GPU available, ...) while fitting."""
+    if not enabled:
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="lightning")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+class _History(L.Callback):
+    """Record train/ll per EM pass; end EM early (then fine-tune, if asked) at `tol`."""
+
+    def __init__(self, tol: float, em_passes: int, finetune_epochs: int):
+        self.tol, self.em_passes, self.finetune_epochs = tol, em_passes, finetune_epochs
+        self.history: list[float] = []
+        self.em_passes_run = 0
+        self.converged = False
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch >= pl_module.hparams.em_passes:
+            return  # fine-tuning epochs
+        self.em_passes_run = trainer.current_epoch + 1
+        value = trainer.callback_metrics.get("train/ll")
+        if value is None:
+            return
+        self.history.append(float(value))
+        h = self.history
+        if self.tol > 0 and len(h) >= 2 and abs(h[-1] - h[-2]) < self.tol:
+            self.converged = True
+            pl_module.hparams.em_passes = trainer.current_epoch + 1
+            trainer.fit_loop.max_epochs = trainer.current_epoch + 1 + self.finetune_epochs
+
+
+class _TensorDataModule(InMemoryDataModule):
+    """One in-memory tensor as the training split (no validation or test data)."""
+
+    def __init__(self, x: torch.Tensor, batch_size: int):
+        super().__init__(batch_size=batch_size, val_size=0, shape=tuple(x.shape[1:]))
+        self._x = x
+
+    def load_splits(self):
+        y = torch.zeros(len(self._x), dtype=torch.long)
+        return {"train": (self._x, y), "test": (self._x[:0], y[:0])}
