@@ -1,0 +1,108 @@
+"""GMM classifier layer: one training step of the layer alone, ours vs a torch.distributions
+reference that rebuilds its distribution objects every step (as the original layer does).
+
+Setting (issue #4): in 128, dim 128, 10 classes, G=1, batch 64, forward + nll_loss backward +
+Adadelta step, CPU. Goal for "tril": <= 2 ms/step. Figures are the best of several timed
+blocks of steps (the machine is shared), with a ratio reference / ours.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import LowRankMultivariateNormal, MultivariateNormal
+
+from gmlab.nn.gmm_layer import GaussianMixtureClassifier
+
+IN, DIM, CLASSES, G, BATCH = 128, 128, 10, 1, 64
+
+
+class ReferenceGMM(torch.nn.Module):
+    """A plain layer on `torch.distributions`: the distribution object is rebuilt from its
+    parameters every step, as the original layer does. Each covariance type uses the
+    parameterisation most natural for `MultivariateNormal` (a covariance Cholesky factor
+    for "diag"/"tril", a dense covariance for "full", `LowRankMultivariateNormal`)."""
+
+    def __init__(self, cov: str, floor: float = 1e-3) -> None:
+        super().__init__()
+        k = CLASSES * G
+        self.cov, self.floor = cov, floor
+        self.means = torch.nn.Parameter(torch.randn(k, DIM))
+        self.mixture_logits = torch.nn.Parameter(torch.zeros(CLASSES, G))
+        self.raw_scale = torch.nn.Parameter(torch.full((k, DIM), 0.54))
+        if cov == "tril":
+            self.offdiag = torch.nn.Parameter(torch.zeros(k, DIM, DIM))
+        elif cov == "full":
+            self.factor = torch.nn.Parameter(torch.eye(DIM).repeat(k, 1, 1))
+        elif cov == "lowrank":
+            self.factor = torch.nn.Parameter(torch.randn(k, DIM, 10) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = F.softplus(self.raw_scale) + self.floor
+        if self.cov == "lowrank":
+            dist = LowRankMultivariateNormal(self.means, self.factor, scale.square())
+        elif self.cov == "full":
+            eye = torch.eye(DIM)
+            cov = self.factor @ self.factor.mT + self.floor**2 * eye
+            dist = MultivariateNormal(self.means, covariance_matrix=cov)
+        else:
+            tril = torch.diag_embed(scale)
+            if self.cov == "tril":
+                tril = tril + self.offdiag.tril(-1)
+            dist = MultivariateNormal(self.means, scale_tril=tril)
+        comp = dist.log_prob(x.unsqueeze(1)).view(-1, CLASSES, G)
+        joint = (comp + self.mixture_logits.log_softmax(-1)).logsumexp(-1) - math.log(CLASSES)
+        return joint.log_softmax(-1)
+
+
+def ms_per_step(model: torch.nn.Module, steps: int = 20, blocks: int = 7) -> tuple[float, float]:
+    """(wall-clock, process CPU) milliseconds per training step, each the best of `blocks`
+    blocks. On a busy shared machine the CPU time is the steadier figure: it leaves out
+    the time other processes held the cores (with one thread it equals the uncontended
+    wall time; with more it adds up all threads)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(BATCH, IN), torch.randint(0, CLASSES, (BATCH,))
+    opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.nll_loss(model(x), y).backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    wall = cpu = math.inf
+    for _ in range(blocks):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            step()
+        wall = min(wall, (time.perf_counter() - start) / steps)
+        cpu = min(cpu, (time.process_time() - start_cpu) / steps)
+    return wall * 1e3, cpu * 1e3
+
+
+def main() -> None:
+    threads = torch.get_num_threads()
+    print(
+        f"one training step of the layer (in {IN}, dim {DIM}, {CLASSES} classes, G={G}, "
+        f"batch {BATCH}, Adadelta), CPU, {threads} thread(s); ms/step, wall (cpu)"
+    )
+    print(f"{'covariance':>10s}  {'ours':>15s}  {'torch.distributions':>19s}  {'ratio':>6s}")
+    for cov in ("diag", "tril", "full", "lowrank"):
+        torch.manual_seed(0)
+        layer = GaussianMixtureClassifier(IN, CLASSES, G, DIM, covariance=cov)
+        ours, ours_cpu = ms_per_step(layer)
+        ref, ref_cpu = ms_per_step(ReferenceGMM(cov))
+        goal = "   (goal <= 2 ms)" if cov == "tril" else ""
+        print(
+            f"{cov:>10s}  {ours:6.2f} ({ours_cpu:6.2f})  {ref:8.2f} ({ref_cpu:8.2f})  "
+            f"{ref / ours:5.1f}x{goal}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

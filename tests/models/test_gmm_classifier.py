@@ -1,0 +1,183 @@
+"""The GMM classifier LightningModule: training, logged metrics against independent
+formulas, TensorBoard outputs, image grids, checkpoints and configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from gmlab.data import DigitsDataModule
+from gmlab.errors import ShapeError
+from gmlab.models.gmm_classifier import GMMClassifier, extreme_indices, likelihood_grid
+from gmlab.nn.gmm_layer import GaussianMixtureClassifier
+from gmlab.train import train
+from gmlab.utils.checkpoint import load_model
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks: one thread is faster, and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_model(**kw) -> GMMClassifier:
+    args = dict(data_shape=(1, 8, 8), num_classes=10, features=32, channels=(8, 16))
+    args.update(optimizer="adam", lr=3e-3, lr_gamma=None)
+    return GMMClassifier(**{**args, **kw})
+
+
+def accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(-1) == y).float().mean().item()
+
+
+def reference_ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """L1 expected calibration error over equal-width bins (lo, hi] of the top confidence."""
+    conf, pred = probs.max(-1)
+    correct = (pred == labels).double()
+    total = 0.0
+    for b in range(bins):
+        in_bin = (conf > b / bins) & (conf <= (b + 1) / bins)
+        if in_bin.any():
+            gap = correct[in_bin].mean() - conf[in_bin].double().mean()
+            total += in_bin.double().mean().item() * abs(gap.item())
+    return total
+
+
+@pytest.mark.parametrize(
+    "head,cov", [("gmm", "tril"), ("gmm", "diag"), ("gmm", "full"), ("linear", None)]
+)
+def test_short_training_improves_accuracy(head, cov):
+    torch.manual_seed(0)
+    dm = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
+    x_val, y_val = dm.tensors("val")
+    model = small_model(head=head, covariance=cov or "tril", components_per_class=2)
+    before = accuracy(model, x_val, y_val)
+    L.Trainer(
+        accelerator="cpu",
+        max_epochs=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    ).fit(model, datamodule=dm)
+    after = accuracy(model, x_val, y_val)
+    assert before < 0.3 and after > 0.75, (before, after)
+    assert isinstance(model.head, GaussianMixtureClassifier if head == "gmm" else torch.nn.Linear)
+
+
+def compose_cfg(tmp_path: Path, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.paths.work_dir = str(tmp_path)
+        cfg.callbacks.pop("progress_bar", None)
+        cfg.callbacks.pop("model_summary", None)
+    return cfg
+
+
+def test_gmlab_train_logs_metrics_histogram_and_grids(tmp_path):
+    """Through Hydra: acc/nll/ece match formulas computed independently from the best
+    checkpoint's predictions; TensorBoard holds the OOD histogram and the digit grid."""
+    cfg = compose_cfg(
+        tmp_path,
+        [
+            "model=gmm_classifier", "data=digits", "model.features=32", "model.optimizer=adam",
+            "model.lr=0.003", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
+            "logger=tensorboard",
+        ],
+    )  # fmt: skip
+    metrics = train(cfg)
+    for key in ("train/loss", "val/acc", "val/nll", "val/ece", "test/acc", "test/nll"):
+        assert key in metrics
+    best = sorted((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1
+    model = load_model(best[0]).eval()
+    assert isinstance(model, GMMClassifier)
+    x, y = DigitsDataModule(test_size=297).tensors("test")
+    with torch.no_grad():
+        log_post = model(x)
+    assert metrics["test/acc"] == pytest.approx((log_post.argmax(-1) == y).float().mean().item())
+    assert metrics["test/nll"] == pytest.approx(F.nll_loss(log_post, y).item(), rel=1e-5)
+    assert metrics["test/ece"] == pytest.approx(reference_ece(log_post.exp(), y), abs=1e-5)
+    assert metrics["test/acc"] > 0.5
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"histograms": 0})
+    events.Reload()
+    assert "test/ood_score" in events.Tags()["histograms"]
+    hist = events.Histograms("test/ood_score")[-1].histogram_value
+    assert hist.num == 297
+    assert "test/likely_digits" in events.Tags()["images"]
+    assert "images/likely_digits" in events.Tags()["images"]  # the ImageGrids callback
+    assert (tmp_path / "images" / "test" / "likely_digits.png").is_file()
+
+
+def test_best_checkpoint_follows_validation_accuracy():
+    assert GMMClassifier.monitor == "val/acc" and GMMClassifier.monitor_mode == "max"
+
+
+def test_extreme_indices_and_grid_layout():
+    classes = torch.tensor([0, 0, 0, 1, 0, 0])
+    scores = torch.tensor([1.0, 5.0, 3.0, 0.0, 4.0, 2.0])
+    parts = extreme_indices(classes, scores, num_classes=3, k=2)
+    assert [p.tolist() for p in parts] == [[1, 4], [5, 0], [3], [], [], []]
+    images = scores.view(-1, 1, 1, 1).expand(-1, 1, 4, 4) / 5  # brightness = score
+    grid = likelihood_grid(images, classes, scores, num_classes=3, k=2)
+    assert grid.shape == (3, 3 * 5 + 1, 4 * 5 + 1)  # rows = classes, 2k columns, padding 1
+    row0 = [grid[0, 1 + 1, 1 + 5 * j + 1].item() for j in range(4)]
+    assert row0 == pytest.approx([1.0, 0.8, 0.4, 0.2])  # most likely left, least likely last
+    row1 = [grid[0, 6 + 1, 1 + 5 * j + 1].item() for j in range(4)]
+    assert row1 == pytest.approx([0.0, 0.5, 0.5, 0.5])  # one member, grey blanks
+
+
+def test_figures_and_ood_score():
+    torch.manual_seed(0)
+    model = small_model(head="gmm").eval()
+    x = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    fig = model.figures(x)["likely_digits"]
+    assert fig.shape == (3, 10 * 9 + 1, 8 * 9 + 1) and fig.min() >= 0 and fig.max() <= 1
+    with torch.no_grad():
+        f = model.trunk(model.inputs(x))
+        torch.testing.assert_close(model.ood_score(x), model.head.log_prob(f))
+        torch.testing.assert_close(model(x), model.head(f))
+
+
+def test_points_skip_the_trunk_and_bad_shapes_are_clear_errors():
+    model = GMMClassifier(data_shape=[2], num_classes=3, covariance="full")
+    assert isinstance(model.trunk, torch.nn.Identity) and model.head.in_features == 2
+    assert model(torch.randn(5, 2)).shape == (5, 3)
+    with pytest.raises(ShapeError, match=r"expects batches of shape \[B, 2\], got \[5, 3\]"):
+        model(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="model.head"):
+        GMMClassifier(data_shape=[2], num_classes=3, head="svm")
+
+
+@pytest.mark.parametrize(
+    "experiment,cov,g", [
+        ("gmm_classifier_mnist", "tril", 1), ("gmm_classifier_mnist_diag", "diag", 1),
+        ("gmm_classifier_mnist_full", "full", 1), ("gmm_classifier_mnist_g3", "tril", 3),
+    ],
+)  # fmt: skip
+def test_experiment_configs(experiment, cov, g):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    assert cfg.model.covariance == cov and cfg.model.components_per_class == g
+    assert cfg.model.optimizer == "adadelta" and cfg.model.lr == 1.0
+    assert cfg.model.lr_gamma == 0.7 and cfg.data.batch_size == 64
+    assert cfg.trainer.max_epochs == 14 and cfg.data._target_.endswith("MNISTDataModule")
+    assert cfg.model.data_shape == [1, 28, 28]
