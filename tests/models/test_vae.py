@@ -1,0 +1,181 @@
+"""The VAE LightningModule: training, evaluation metrics, sampling, figures, configs."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from gmlab.data import DigitsDataModule
+from gmlab.models.vae import VAE
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These networks are tiny: one thread is faster, and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def trainer(**kw) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kw,
+    )
+
+
+def digits_vae(**kw) -> VAE:
+    args = dict(
+        data_shape=(1, 8, 8),
+        preprocess={"binarize": "dynamic"},
+        latent_dim=8,
+        hidden=[64],
+        likelihood="bernoulli",
+        lr=3e-3,
+        eval={"iwae_k": 20},
+    )
+    return VAE(**{**args, **kw})
+
+
+@pytest.mark.parametrize("prior", ["normal", "mog"])
+def test_short_training_lowers_the_loss_and_test_logs_both_bounds(prior):
+    torch.manual_seed(0)
+    dm = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
+    dm.setup()
+    x_val = dm.tensors("val")[0]
+    model = digits_vae(prior=prior, n_components=20)
+
+    def val_elbo():
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return torch.stack([model.elbo(x_val).mean() for _ in range(5)]).mean().item()
+
+    before = val_elbo()
+    trainer(max_epochs=4).fit(model, datamodule=dm)
+    after = val_elbo()
+    assert after > before + 5.0, (before, after)
+    metrics = trainer().test(model, datamodule=dm, verbose=False)[0]
+    for key in ("test/nll_iwae", "test/bpd_iwae", "test/elbo", "test/kl", "test/recon"):
+        assert key in metrics
+    assert metrics["test/nll"] == metrics["test/nll_iwae"]
+    assert metrics["test/nll_iwae"] <= -metrics["test/elbo"] + 0.5  # IWAE(20) >= ELBO
+
+
+def test_validation_logs_elbo_pieces_and_active_units():
+    dm = DigitsDataModule(batch_size=64, eval_batch_size=100, val_size=150)
+    model = digits_vae()
+    t = trainer(max_epochs=1, limit_train_batches=3)
+    t.fit(model, datamodule=dm)
+    m = t.callback_metrics
+    for key in ("val/elbo", "val/recon", "val/kl", "val/nll", "val/bpd", "val/active_units"):
+        assert key in m, key
+    torch.testing.assert_close(m["val/elbo"], m["val/recon"] - m["val/kl"], atol=1e-3, rtol=0)
+    assert 0 <= m["val/active_units"] <= 8
+
+
+def test_conv_vlae_trains_samples_and_draws_figures():
+    torch.manual_seed(0)
+    model = VAE(
+        data_shape=(3, 32, 32),
+        preprocess={"scale": "symmetric"},
+        latent_dim=4,
+        architecture="conv",
+        channels=[4, 8, 8, 16],
+        prior="made",
+        made_hidden=[16],
+        likelihood="discretized_logistic",
+    )
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    loss = model.training_step((x, torch.zeros(6)), 0)
+    loss.backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    with torch.no_grad():
+        for noise in (True, False):
+            s = model.sample(5, noise=noise)
+            assert s.shape == (5, 3, 32, 32) and s.min() >= 0 and s.max() <= 255
+        figs = model.figures(x)
+    assert set(figs) == {"samples", "samples_noise", "reconstructions", "interpolations"}
+    assert figs["interpolations"].shape[0] == 3
+    assert all(f.min() >= 0 and f.max() <= 1 for f in figs.values())
+
+
+def test_two_d_figures_are_scatter_images():
+    model = VAE(data_shape=(2,), latent_dim=2, hidden=[8], likelihood="gaussian")
+    with torch.no_grad():
+        figs = model.figures(torch.randn(50, 2))
+    img = figs["scatter"]
+    assert img.dim() == 3 and img.shape[0] == 3 and img.shape[2] > img.shape[1]
+    assert img.min() >= 0 and img.max() <= 1 and img.std() > 0
+
+
+def test_mixture_kl_modes_agree_for_one_component_and_bad_configs_fail():
+    torch.manual_seed(0)
+    model = digits_vae(prior="mog", n_components=1, kl="approx")
+    with torch.no_grad():
+        model.prior.means.zero_()
+        model.prior.logvars.zero_()
+    mu, logvar = torch.randn(4, 8), torch.randn(4, 8)
+    z = mu + (0.5 * logvar).exp() * torch.randn(4, 8)
+    approx = model.kl_term(z, mu, logvar, "approx")
+    analytic = model.kl_term(z, mu, logvar, "analytic").sum(-1)
+    torch.testing.assert_close(approx, analytic, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs prior=mog"):
+        digits_vae(kl="approx")
+    with pytest.raises(ValueError, match="needs prior=normal"):
+        digits_vae(prior="made", kl="analytic")
+    with pytest.raises(ValueError, match="32, 32"):
+        digits_vae(architecture="conv")
+
+
+def test_free_bits_and_warm_up_shape_the_kl_penalty():
+    x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
+    model = digits_vae(free_bits=100.0)  # every dim under the floor: a constant KL term
+    torch.manual_seed(0)
+    loss = model.training_step((x, None), 0)
+    torch.manual_seed(0)
+    recon = model.elbo_terms(model.prepare(x, train=True)[0])["recon"].mean()
+    torch.testing.assert_close(loss, -recon + 100.0 * 8)
+    warm = digits_vae(kl_warmup_steps=10)
+    assert [warm.kl_weight(s) for s in (0, 5, 10, 50)] == [0.0, 0.5, 1.0, 1.0]
+    assert digits_vae().kl_weight(0) == 1.0
+
+
+EXPERIMENTS = [
+    "vae2d_gauss1",
+    "vae2d_gauss2",
+    "vae_mnist",
+    "vae_mog_mnist",
+    "vae_svhn",
+    "vae_cifar10",
+    "vlae_svhn",
+    "vlae_cifar10",
+]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_presets_compose_and_build(name):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}"])
+    import hydra
+
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    assert isinstance(model, VAE)
+    x = torch.zeros(2, *model.data_shape)
+    x = x.to(torch.uint8) if model.is_image else x
+    with torch.no_grad():
+        assert torch.isfinite(model.elbo(x)).all()
+    if "mnist" in name:
+        assert model.preprocess.binarize == "dynamic" and cfg.data.batch_size == 200
+        assert (model.latent_dim, model.hparams.hidden) == (10, [400])
+    if name == "vae_mog_mnist":
+        assert model.prior.n_components == 1000
