@@ -1,0 +1,258 @@
+"""RealNVP training speed: gmlab's model against a straightforward reference implementation
+of the same architecture and the same loss, side by side on CIFAR-shaped batches.
+
+Architecture (both): the seed's 32x32 RealNVP, logit -> 3 checkerboard couplings ->
+squeeze -> 3 channel-wise couplings -> factor out half -> 4 checkerboard couplings, every
+s/t net a weight-normalized ResNet of 8 bottleneck blocks x 128 filters. Loss (both): exact
+NLL in bits/dim. One training step = forward, backward and an Adam step on a 64x3x32x32
+uint8 batch. The reference is written the plain way (masks multiplied in, channel-wise
+couplings masked rather than sliced, NCHW, no in-place ops); the same weights are copied
+into it and both losses are printed to show they agree.
+
+Variants of gmlab's model: float32 NCHW, float32 channels-last, and bf16 autocast of the
+s/t nets (log-dets in float32), channels-last. On a GPU: images/s with bf16.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from benchmarks.common import machine
+
+BATCH, SHAPE = 64, (3, 32, 32)
+BLOCKS, FILTERS = 8, 128
+
+
+# ------------------------------------------------------------------ reference
+def ref_conv(cin: int, cout: int, k: int) -> nn.Module:
+    return weight_norm(nn.Conv2d(cin, cout, k, padding=k // 2))
+
+
+class RefBlock(nn.Module):
+    def __init__(self, f: int) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = (
+            ref_conv(f, f // 2, 1),
+            ref_conv(f // 2, f // 2, 3),
+            ref_conv(f // 2, f, 1),
+        )
+
+    def forward(self, x):
+        return x + self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+
+
+class RefResNet(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.inp = ref_conv(cin, FILTERS, 3)
+        self.blocks = nn.Sequential(*(RefBlock(FILTERS) for _ in range(BLOCKS)))
+        self.out = ref_conv(FILTERS, cout, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.blocks(torch.relu(self.inp(x)))))
+
+
+class RefCoupling(nn.Module):
+    """mask: 1 = conditioning entries ([1, 1, H, W] checkerboard or [1, C, 1, 1] channels)."""
+
+    def __init__(self, channels: int, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.net = RefResNet(channels, 2 * channels)
+        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+
+    def forward(self, x):
+        s, t = self.net(x * self.mask).chunk(2, dim=1)
+        log_s = self.scale * torch.tanh(s) * (1 - self.mask)
+        t = t * (1 - self.mask)
+        return x * torch.exp(log_s) + t, log_s.flatten(1).sum(1)
+
+
+def ref_checkerboard(h: int, w: int, parity: int) -> torch.Tensor:
+    ij = torch.arange(h)[:, None] + torch.arange(w)[None, :]
+    return (ij % 2 == parity).float()[None, None]
+
+
+def ref_channels(c: int, parity: int) -> torch.Tensor:
+    first = (torch.arange(c) < c // 2).float()
+    return (first if parity == 0 else 1 - first)[None, :, None, None]
+
+
+class RefRealNVP(nn.Module):
+    def __init__(self, alpha: float = 0.05) -> None:
+        super().__init__()
+        c, h, w = SHAPE
+        self.alpha = alpha
+        self.scale1 = nn.ModuleList(RefCoupling(c, ref_checkerboard(h, w, p)) for p in (0, 1, 0))
+        self.scale1_ch = nn.ModuleList(
+            RefCoupling(4 * c, ref_channels(4 * c, p)) for p in (0, 1, 0)
+        )
+        self.final = nn.ModuleList(
+            RefCoupling(2 * c, ref_checkerboard(h // 2, w // 2, p)) for p in (0, 1, 0, 1)
+        )
+
+    def log_prob(self, y):  # y: dequantized images in [0, 1]
+        normal = torch.distributions.Normal(0.0, 1.0)
+        p = self.alpha + (1 - 2 * self.alpha) * y
+        x = torch.log(p) - torch.log(1 - p)
+        log_det = (math.log(1 - 2 * self.alpha) - torch.log(p) - torch.log(1 - p)).flatten(1).sum(1)
+        for layer in self.scale1:
+            x, ld = layer(x)
+            log_det = log_det + ld
+        b, c, h, w = x.shape  # squeeze, channel order (dy, dx, c)
+        x = (
+            x.reshape(b, c, h // 2, 2, w // 2, 2)
+            .permute(0, 3, 5, 1, 2, 4)
+            .reshape(b, 4 * c, h // 2, w // 2)
+        )
+        for layer in self.scale1_ch:
+            x, ld = layer(x)
+            log_det = log_det + ld
+        x, out = x.chunk(2, dim=1)  # factor out: the second half goes to the prior
+        log_det = log_det + normal.log_prob(out).flatten(1).sum(1)
+        for layer in self.final:
+            x, ld = layer(x)
+            log_det = log_det + ld
+        return normal.log_prob(x).flatten(1).sum(1) + log_det
+
+    def loss(self, x_raw):
+        y = (x_raw.float() + torch.rand(x_raw.shape)) / 256
+        d = y[0].numel()
+        return ((-self.log_prob(y) + d * math.log(256)) / (d * math.log(2))).mean()
+
+
+# ------------------------------------------------------------------ weight copy
+def copy_into_reference(model, ref: RefRealNVP) -> None:
+    """Give the reference exactly gmlab's function (the sliced channel-wise nets are embedded
+    into the masked ones: zero input columns for masked channels, s/t rows at free ones)."""
+    from gmlab.nn.flows import AffineCoupling
+
+    ours = [m for m in model.flow.modules() if isinstance(m, AffineCoupling)]
+    theirs = [*ref.scale1, *ref.scale1_ch, *ref.final]
+    with torch.no_grad():
+        for a, b in zip(ours, theirs, strict=True):
+            sa, sb = a.net.state_dict(), b.net.state_dict()
+            for va, vb in zip(sa.values(), sb.values(), strict=True):
+                if va.shape == vb.shape:
+                    vb.copy_(va)
+            if a.mask == "channel":
+                c, half = a.channels, a.channels // 2
+                free = torch.arange(half) + (0 if a.parity else half)
+                cond = torch.arange(half) + (half if a.parity else 0)
+                v_in = b.net.inp.parametrizations.weight.original1
+                v_in.zero_()
+                v_in[:, cond] = a.net.inp.parametrizations.weight.original1
+                for name in ("original0", "original1"):
+                    src = getattr(a.net.out.parametrizations.weight, name)
+                    dst = getattr(b.net.out.parametrizations.weight, name)
+                    dst[free], dst[c + free] = src[:half], src[half:]
+                b.net.out.bias[free], b.net.out.bias[c + free] = (
+                    a.net.out.bias[:half],
+                    a.net.out.bias[half:],
+                )
+                b.scale[:, free] = a.scale
+            else:
+                b.scale.copy_(a.scale)
+
+
+# ------------------------------------------------------------------ timing
+def best_rates(steps: dict, repeats: int = 3) -> dict[str, float]:
+    """images/s of each step function, best of `repeats` timed calls after one warm-up call;
+    the variants take turns, so load from other processes hits them alike."""
+    for step in steps.values():
+        step()  # warm-up: oneDNN primitive creation, allocator
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: BATCH / t for name, t in best.items()}
+
+
+def train_step(model, loss_fn, x):
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(x)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def gmlab_loss(model):
+    def loss(x_raw):
+        y, log_det = model.prepare(x_raw, train=True)
+        return model.to_bits(model.log_prob(y) + log_det).mean()
+
+    return loss
+
+
+def main() -> None:
+    from gmlab.models.realnvp import RealNVP
+
+    print(
+        f"RealNVP {BLOCKS} blocks x {FILTERS} filters, batch {BATCH}x{'x'.join(map(str, SHAPE))}, "
+        f"{torch.get_num_threads()} threads ({machine()})"
+    )
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (BATCH, *SHAPE), dtype=torch.uint8)
+
+    # identical loss: the same weights in both implementations, the same dequantization noise
+    model = RealNVP(
+        list(SHAPE), num_blocks=BLOCKS, filters=FILTERS, amp="none", channels_last=False
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # move well off the identity init
+    ref = RefRealNVP()
+    copy_into_reference(model, ref)
+    xs = x[:8]
+    with torch.no_grad():
+        torch.manual_seed(1)
+        ours = gmlab_loss(model)(xs).item()
+        torch.manual_seed(1)
+        theirs = ref.loss(xs).item()
+        model.hparams.amp = "bf16"
+        torch.manual_seed(1)
+        ours_bf16 = gmlab_loss(model)(xs).item()
+    print(
+        f"loss on the same weights and noise: reference {theirs:.6f} bpd, gmlab {ours:.6f} "
+        f"(diff {ours - theirs:+.1e}), gmlab bf16 s/t nets {ours_bf16:.6f} bpd"
+    )
+
+    steps = {"reference (masks multiplied, NCHW, float32)": train_step(ref, ref.loss, x)}
+    for label, amp, cl in (
+        ("gmlab float32 NCHW", "none", False),
+        ("gmlab float32 channels-last", "none", True),
+        ("gmlab bf16 s/t nets, channels-last", "bf16", True),
+    ):
+        model = RealNVP(list(SHAPE), num_blocks=BLOCKS, filters=FILTERS, amp=amp, channels_last=cl)
+        steps[label] = train_step(model, gmlab_loss(model), x)
+    rates = best_rates(steps)
+    rate_ref = next(iter(rates.values()))
+    for label, rate in rates.items():
+        print(f"{label + ':':46s} {rate:6.2f} images/s, {rate / rate_ref:.2f}x the reference")
+
+    if torch.cuda.is_available():
+        model = RealNVP(list(SHAPE), num_blocks=BLOCKS, filters=FILTERS).cuda()
+        xg = x.cuda()
+        step = train_step(model, gmlab_loss(model), xg)
+
+        def synced():
+            step()
+            torch.cuda.synchronize()
+
+        rate = best_rates({"gpu": synced}, repeats=10)["gpu"]
+        print(f"GPU ({torch.cuda.get_device_name()}), bf16 s/t nets: {rate:.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()

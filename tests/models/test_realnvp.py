@@ -1,0 +1,224 @@
+"""RealNVP: exact inverse and log-det of the whole flow, the analytic bpd of a fresh model,
+a short training run, sampling, and weights-only checkpoints written by a Lightning Trainer."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from scipy.integrate import quad
+from torch.autograd.functional import jacobian
+
+from gmlab.data import DigitsDataModule
+from gmlab.errors import ShapeError
+from gmlab.models.realnvp import RealNVP, standard_normal_log_prob
+from gmlab.nn.flows import AffineCoupling, FactorOut, Squeeze
+from gmlab.utils.checkpoint import load_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny convolutions gain nothing from a second thread, and on a shared 2-core machine
+    two OpenMP threads that wait for each other make them 10-100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY = {"num_blocks": 1, "filters": 8, "channels_last": False}
+
+
+def randomized(model: RealNVP, seed: int = 0) -> RealNVP:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def test_architecture_is_the_papers_32x32_stack():
+    model = RealNVP([3, 32, 32], num_blocks=2, filters=16)
+    logit, scale0 = model.flow
+    kinds = [
+        (type(f).__name__, getattr(f, "mask", None), getattr(f, "channels", None)) for f in scale0
+    ]
+    assert kinds[:7] == [
+        ("AffineCoupling", "checkerboard", 3),
+        ("AffineCoupling", "checkerboard", 3),
+        ("AffineCoupling", "checkerboard", 3),
+        ("Squeeze", None, None),
+        ("AffineCoupling", "channel", 12),
+        ("AffineCoupling", "channel", 12),
+        ("AffineCoupling", "channel", 12),
+    ]
+    assert isinstance(scale0[7], FactorOut) and type(scale0[8]).__name__ == "Unsqueeze"
+    final = list(scale0[7].flow)
+    assert [(f.mask, f.channels, f.parity) for f in final] == [
+        ("checkerboard", 6, 0),
+        ("checkerboard", 6, 1),
+        ("checkerboard", 6, 0),
+        ("checkerboard", 6, 1),
+    ]
+    assert [f.parity for f in scale0 if isinstance(f, AffineCoupling)] == [0, 1, 0, 0, 1, 0]
+    assert logit.alpha == 0.05
+    assert model.flow.output_shape((3, 32, 32)) == (3, 32, 32)
+
+
+def test_deeper_multiscale_stack_for_64x64():
+    model = RealNVP([3, 64, 64], num_scales=5, num_blocks=1, filters=4, filter_growth=2.0)
+    squeezes = [m for m in model.flow.modules() if isinstance(m, Squeeze)]
+    assert len(squeezes) == 2 * 4  # one squeeze + one unsqueeze per non-final scale
+    couplings = [m for m in model.flow.modules() if isinstance(m, AffineCoupling)]
+    assert len(couplings) == 4 * 6 + 4
+    assert couplings[-1].channels == 48 and couplings[-1].net.inp.out_channels == 4 * 2**4
+    with pytest.raises(ShapeError, match="divisible by 16"):
+        RealNVP([3, 40, 40], num_scales=5, **TINY)
+
+
+@pytest.mark.parametrize("norm", [None, "batch", "act"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_whole_flow_inverts_exactly(norm, mode):
+    torch.manual_seed(0)
+    model = randomized(RealNVP([3, 8, 8], norm=norm, **TINY))
+    model.train(mode == "train")
+    y = torch.rand(6, 3, 8, 8)
+    z, log_det = model.flow(y)
+    assert z.shape == y.shape and log_det.shape == (6,)
+    y_back, log_det_inv = model.flow.inverse(z)
+    assert torch.allclose(y_back, y, atol=1e-4)
+    assert torch.allclose(log_det_inv, -log_det, rtol=1e-4, atol=1e-2)
+
+
+def test_whole_flow_log_det_and_density_match_brute_force_jacobian():
+    torch.manual_seed(1)
+    model = randomized(RealNVP([2, 4, 4], **TINY)).double().eval()
+    y = torch.rand(2, 2, 4, 4, dtype=torch.float64) * 0.9 + 0.05
+    z, log_det = model.flow(y)
+    for i in range(2):
+        j = jacobian(lambda v: model.flow(v.reshape(1, 2, 4, 4))[0].reshape(-1), y[i].reshape(-1))
+        assert torch.allclose(log_det[i], torch.linalg.slogdet(j)[1], rtol=1e-10, atol=1e-8)
+    expected = standard_normal_log_prob(z) + log_det
+    normal = torch.distributions.Normal(0.0, 1.0).log_prob(z).flatten(1).sum(1)
+    assert torch.allclose(standard_normal_log_prob(z), normal)
+    assert torch.allclose(model.log_prob(y).double(), expected, rtol=1e-6)
+
+
+def analytic_uniform_bpd(alpha: float) -> float:
+    """bpd of the logit-only flow (fresh couplings are the identity) on y ~ U[0,1]^D:
+    E[-log N(z) - log(1 - 2a) + log p + log(1 - p)] per dim, p = a + (1 - 2a) y."""
+
+    def nll(y):
+        p = alpha + (1 - 2 * alpha) * y
+        z = math.log(p / (1 - p))
+        return (
+            0.5 * z * z
+            + 0.5 * math.log(2 * math.pi)
+            - math.log1p(-2 * alpha)
+            + math.log(p * (1 - p))
+        )
+
+    per_dim, _ = quad(nll, 0.0, 1.0)
+    return (per_dim + math.log(256)) / math.log(2)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.1])
+def test_fresh_model_bpd_on_uniform_noise_is_analytic(alpha):
+    torch.manual_seed(2)
+    model = RealNVP([3, 8, 8], alpha=alpha, **TINY).eval()
+    x = torch.randint(0, 256, (1024, 3, 8, 8), dtype=torch.uint8)
+    with torch.no_grad():
+        bpd = model.bits_per_dim(x).mean().item()
+    assert bpd == pytest.approx(analytic_uniform_bpd(alpha), abs=0.02)
+    assert analytic_uniform_bpd(0.05) == pytest.approx(8.2075, abs=1e-3)
+
+
+def test_bf16_autocast_keeps_float32_log_likelihood():
+    torch.manual_seed(3)
+    model = randomized(RealNVP([1, 8, 8], **TINY)).eval()
+    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    torch.manual_seed(4)
+    ll32 = model.log_likelihood(x)
+    model.hparams.amp = "bf16"
+    torch.manual_seed(4)
+    ll16 = model.log_likelihood(x)
+    assert ll16.dtype == torch.float32
+    assert torch.allclose(model.to_bits(ll16), model.to_bits(ll32), atol=0.05)
+
+
+def test_sampling_shapes_range_temperature_and_mode():
+    torch.manual_seed(5)
+    model = randomized(RealNVP([1, 8, 8], norm="batch", **TINY))
+    model.train()
+    model.flow(torch.rand(32, 1, 8, 8))  # a training forward leaves batch statistics behind
+    images = model.sample(10)
+    assert images.shape == (10, 1, 8, 8) and images.min() >= 0 and images.max() <= 255
+    assert model.flow.training  # restored after sampling in eval mode
+    cold = model.sample(3, temperature=0.0)
+    assert torch.allclose(cold, cold[:1].expand_as(cold))
+    grids = model.figures(torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
+    assert set(grids) == {"samples", "samples_t0.7"} and grids["samples"].dim() == 3
+
+
+def test_bad_configs_and_inputs_are_clear_errors():
+    with pytest.raises(ShapeError, match=r"images \[C, H, W\]"):
+        RealNVP([784], **TINY)
+    with pytest.raises(ValueError, match="unit-cube"):
+        RealNVP([1, 8, 8], preprocess={"scale": "symmetric"}, **TINY)
+    with pytest.raises(ValueError, match="norm"):
+        RealNVP([1, 8, 8], norm="layer", **TINY)
+    with pytest.raises(ShapeError, match=r"\[B, 1, 8, 8\]"):
+        RealNVP([1, 8, 8], **TINY).log_likelihood(torch.zeros(2, 1, 9, 9, dtype=torch.uint8))
+
+
+def test_weight_decay_applies_to_weight_norm_scales_only():
+    model = RealNVP([1, 8, 8], **TINY)
+    decay, rest = model.configure_optimizers().param_groups
+    assert decay["weight_decay"] == 5e-5 and rest["weight_decay"] == 0.0
+    g = {
+        id(m.parametrizations.weight.original0)
+        for m in model.modules()
+        if hasattr(m, "parametrizations")
+    }
+    assert {id(p) for p in decay["params"]} == g
+    assert len(decay["params"]) + len(rest["params"]) == len(list(model.parameters()))
+
+
+def test_short_training_lowers_test_bpd_and_checkpoint_loads_weights_only(tmp_path):
+    torch.manual_seed(6)
+    data = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
+    model = RealNVP([1, 8, 8], num_blocks=2, filters=16, lr=3e-3, max_grad_norm=10.0)
+    data.setup()
+    x_test = data.tensors("test")[0]
+
+    def test_bpd(m):
+        torch.manual_seed(7)
+        with torch.no_grad():
+            return m.eval().bits_per_dim(x_test).mean().item()
+
+    before = test_bpd(model)
+    model.train()
+    trainer = L.Trainer(
+        max_steps=120,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=data)
+    after = test_bpd(model)
+    print(f"digits test bpd {before:.3f} -> {after:.3f}")
+    assert after < before - 1.0, (before, after)
+
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["hyper_parameters"]["filters"] == 16 and "state_dict" in raw
+    restored = load_model(path)
+    assert isinstance(restored, RealNVP)
+    assert test_bpd(restored) == pytest.approx(after, abs=1e-5)
