@@ -46,12 +46,12 @@ def stats_of(m, x, batch=None, **kw):
     return g, st
 
 
-def run_em(m, x, passes, batch=None, floor=1e-9, min_count=1e-3):
+def run_em(m, x, passes, batch=None, floor=1e-9, min_count=1e-3, reg=0.0):
     history, reseeded = [], 0
     for _ in range(passes):
         g, st = stats_of(m, x, batch)
         history.append(float(st.log_lik) / len(x))
-        new = m_step(st, g, m.noise, noise_floor=floor, min_count=min_count)
+        new = m_step(st, g, m.noise, noise_floor=floor, min_count=min_count, noise_reg=reg)
         reseeded += int(new.pop("reseeded").sum())
         m.set_params(**new)
     return history, reseeded
@@ -107,8 +107,8 @@ def test_k1_mfa_matches_factor_analysis():
     np.testing.assert_allclose(cov.detach().numpy(), fa.get_covariance(), atol=1e-3)
 
 
-@pytest.mark.parametrize("steps", [1, 3])
-def test_zero_factors_diagonal_em_equals_sklearn_diag_gmm(digits, steps):
+@pytest.mark.parametrize(("steps", "reg"), [(1, 0.0), (3, 0.0), (3, 1e-3)])
+def test_zero_factors_diagonal_em_equals_sklearn_diag_gmm(digits, steps, reg):
     x = digits[:500]
     k, d = 4, x.shape[1]
     g = torch.Generator().manual_seed(1)
@@ -117,13 +117,13 @@ def test_zero_factors_diagonal_em_equals_sklearn_diag_gmm(digits, steps):
     weights = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64)
     m = MixtureOfFactorAnalyzers(k, d, 0, "diagonal").to(F64)
     m.set_params(means=means, noise_variance=var, weights=weights)
-    run_em(m, x, steps, floor=1e-300)
+    run_em(m, x, steps, floor=1e-300, reg=reg)  # noise_reg is sklearn's reg_covar
     gmm = GaussianMixture(
         k,
         covariance_type="diag",
         max_iter=steps,
         tol=0.0,
-        reg_covar=0.0,
+        reg_covar=reg,
         weights_init=weights.numpy(),
         means_init=means.numpy(),
         precisions_init=(1 / var).numpy(),

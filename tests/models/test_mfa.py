@@ -146,7 +146,6 @@ def fit_points(strategy: str, devices: int):
     return {k: v.detach().clone() for k, v in model.mixture.state_dict().items()}
 
 
-@pytest.mark.slow
 def test_two_process_ddp_gives_the_single_process_parameters():
     single = fit_points("auto", 1)
     ddp = fit_points("ddp_spawn", 2)

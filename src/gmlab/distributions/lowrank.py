@@ -147,12 +147,13 @@ class LowRankGaussians:
     # -------------------------------------------------------------- densities
     @property
     def weight(self) -> Tensor:
-        """[d, K l + K] = [P_1 .. P_K | D^-1 (mu - shift)]: the one matrix x~ is multiplied by."""
+        """[K l + K, d] = [P_1^T; ..; P_K^T; D^-1 (mu - shift)]: what x~ is multiplied by
+        (stored row-major like `nn.Linear.weight`: x~ @ weight.T is the faster GEMM form)."""
         if self._weight is None:
             k, d, l = self.num_components, self.dim, self.rank
-            proj_flat = self.proj.permute(1, 0, 2).reshape(d, k * l)
+            proj_rows = self.proj.transpose(1, 2).reshape(k * l, d)
             cross_w = (self.means - self.shift) * self.inv_noise.expand(k, d)  # D^-1 mu~
-            self._weight = torch.cat([proj_flat, cross_w.T], dim=1).contiguous()
+            self._weight = torch.cat([proj_rows, cross_w], dim=0).contiguous()
         return self._weight
 
     def _chunk(self, xc: Tensor, sq: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -161,7 +162,7 @@ class LowRankGaussians:
         `sq`: xc^2 if the caller has it already.
         """
         k, d, l = self.num_components, self.dim, self.rank
-        both = xc @ self.weight  # one product: [n, K l + K]
+        both = xc @ self.weight.T  # one product: [n, K l + K]
         y_raw = both[:, : k * l].reshape(xc.shape[0], k, l)
         cross = both[:, k * l :]
         if self.isotropic:

@@ -28,7 +28,9 @@ EM, as pure functions over float64 sufficient statistics:
 * `m_step(stats, gaussians, noise, ...)` turns them into new parameters in closed form:
   Ghahramani & Hinton (1996) for diagonal noise (joint update of [A_k, mu_k]),
   Tipping & Bishop (1999, appendix C) for isotropic noise. With l = 0 the diagonal
-  update is exactly the EM step of a diagonal-covariance GMM.
+  update is exactly the EM step of a diagonal-covariance GMM. Noise variances are then
+  max(estimate + noise_reg, noise_floor) (`noise_reg` = scikit-learn's `reg_covar`; with
+  noise_reg > 0 this is a regularised estimate, no longer exact EM).
 * Empty components (responsibility mass below `min_count`) are re-seeded at the worst
   explained points seen in the E-step, copying the factors and noise of the component
   that explains that point best and splitting its weight.
@@ -400,8 +402,12 @@ def m_step(
     noise_floor: float = 1e-6,
     min_count: float = 1e-3,
     reseed: bool = True,
+    noise_reg: float = 0.0,
 ) -> dict[str, Tensor]:
     """Closed-form M-step from the statistics gathered under `gauss` (the old parameters).
+
+    The new noise variances are max(estimate + noise_reg, noise_floor): `noise_reg` is
+    scikit-learn's `reg_covar` (added), `noise_floor` a hard lower bound.
 
     Returns float64 tensors: means [K, d], factors [K, d, l], noise_variance [K, d] or
     [K, 1], weights [K], and `reseeded` (bool [K], components re-seeded because their
@@ -457,7 +463,7 @@ def m_step(
         tr_s = s2[:, 0] / s0 - means.square().sum(1)
         var = ((tr_s - ((sw @ minv) * factors).sum((1, 2))) / d)[:, None]
 
-    var = torch.nan_to_num(var, nan=noise_floor).clamp_min(noise_floor)
+    var = (torch.nan_to_num(var, nan=noise_floor) + noise_reg).clamp_min(noise_floor)
     means = means + shift
     weights = s0_raw.clamp_min(0) / stats.count.clamp_min(1e-300)
     # components without data keep their old parameters unless re-seeded

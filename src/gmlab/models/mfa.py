@@ -57,6 +57,8 @@ class MFAModel(GenerativeModel):
         kmeans_iters: Lloyd iterations of the k-means init.
         noise_floor: lower bound of every noise variance (model units; dequantized
             8-bit pixels in [0,1] have variance >= 1/(12 * 256^2) = 1.3e-6 anyway).
+        noise_reg: added to every noise variance after each M-step (scikit-learn's
+            `reg_covar`); regularizes pixels that are nearly constant in a component.
         reseed_below: components whose responsibility mass in a pass is below this many
             points are re-seeded at badly explained points.
         feature_sampling: None, or the fraction of coordinates (drawn per batch) from
@@ -80,6 +82,7 @@ class MFAModel(GenerativeModel):
         init_samples: int = 20000,
         kmeans_iters: int = 20,
         noise_floor: float = 1e-6,
+        noise_reg: float = 0.0,
         reseed_below: float = 1.0,
         feature_sampling: float | None = None,
         em_passes: int | None = None,
@@ -100,6 +103,8 @@ class MFAModel(GenerativeModel):
             )
         if noise_floor <= 0:
             raise ValueError(f"model.noise_floor must be > 0, got {noise_floor}")
+        if noise_reg < 0:
+            raise ValueError(f"model.noise_reg must be >= 0, got {noise_reg}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.mixture = MixtureOfFactorAnalyzers(n_components, self.num_dims, n_factors, noise)
@@ -289,7 +294,9 @@ class MFAModel(GenerativeModel):
             stats.load_flat(vec[:-1])
             self._log_det_sum = vec[-1]
             self._gather_worst(stats)
-        new = m_step(stats, self._gauss, hp.noise, hp.noise_floor, hp.reseed_below)
+        new = m_step(
+            stats, self._gauss, hp.noise, hp.noise_floor, hp.reseed_below, noise_reg=hp.noise_reg
+        )
         reseeded = int(new.pop("reseeded").sum())
         self.mixture.set_params(**new)
         self._gauss = None
