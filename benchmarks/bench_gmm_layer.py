@@ -58,7 +58,7 @@ class ReferenceGMM(torch.nn.Module):
         return joint.log_softmax(-1)
 
 
-def ms_per_step(model: torch.nn.Module, steps: int = 20, blocks: int = 7) -> tuple[float, float]:
+def ms_per_step(model: torch.nn.Module, steps: int = 20, blocks: int = 15) -> tuple[float, float]:
     """(wall-clock, process CPU) milliseconds per training step, each the best of `blocks`
     blocks. On a busy shared machine the CPU time is the steadier figure: it leaves out
     the time other processes held the cores (with one thread it equals the uncontended

@@ -179,3 +179,23 @@ def test_bad_arguments_and_inputs_are_clear_errors():
         GaussianMixtureClassifier(4, 2, covariance="lowrank", rank=5)
     with pytest.raises(ShapeError, match=r"expects inputs \[B, 4\], got \[3, 5\]"):
         GaussianMixtureClassifier(4, 2)(torch.zeros(3, 5))
+
+
+def test_full_covariance_survives_float32_rounding():
+    """An ill-conditioned A A^T + floor^2 I that float32 cannot factorise is redone in
+    float64, and the log-densities agree with a float64 layer."""
+    torch.manual_seed(0)
+    d = 6
+    layer = GaussianMixtureClassifier(d, 2, covariance="full", floor=1e-3)
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    a = q * torch.tensor([1e3, 1e2, 1.0, 1.0, 1e-4, 0.0], dtype=torch.float64)
+    with torch.no_grad():
+        layer.cov_factor.copy_(a.expand(2, d, d))
+    cov32 = layer.cov_factor @ layer.cov_factor.mT + 1e-6 * torch.eye(d)
+    assert (torch.linalg.cholesky_ex(cov32).info > 0).any()  # float32 alone fails here
+    x = torch.randn(5, d)
+    with torch.no_grad():
+        out = layer.joint_log_prob(x)
+        ref = layer.double().joint_log_prob(x.double())
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-3)  # float32 precision

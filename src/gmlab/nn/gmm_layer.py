@@ -26,7 +26,7 @@ mixture (the original re-projected its parameters after each step with
                root (A and A Q give the same Sigma for any rotation Q; d^2 instead of
                d(d+1)/2 numbers), so every step pays a Cholesky factorisation of Sigma
                and the optimisation geometry differs. floor^2 I bounds every eigenvalue
-               (the factorisation runs in float64 so that rounding cannot break it);
+               (a factorisation that float32 rounding breaks is redone in float64);
   * "lowrank"  Sigma = W W^T + diag(psi), W d x rank, sqrt(psi) = softplus(rho) + floor:
                the MFA covariance, evaluated with `gmlab.distributions.lowrank` (Woodbury
                identity and determinant lemma, never a d x d factorisation).
@@ -194,10 +194,12 @@ class GaussianMixtureClassifier(nn.Module):
         if self.covariance not in ("diag", "tril"):
             raise ValueError(f"precision_tril is not kept for covariance={self.covariance!r}")
         diag = torch.diag_embed(self._scale(dtype).reciprocal())
-        if self.covariance == "diag":
-            return diag
-        # a mask product is cheaper than tril() on a CPU, forward and backward
-        return diag + self.precision_offdiag.to(dtype) * self.strictly_lower.to(dtype)
+        return diag if self.covariance == "diag" else diag + self._precision_offdiag(dtype)
+
+    def _precision_offdiag(self, dtype: torch.dtype) -> torch.Tensor:
+        """[K, d, d] the strictly lower part of U (a mask product: cheaper than tril() on a
+        CPU, forward and backward)."""
+        return self.precision_offdiag.to(dtype) * self.strictly_lower.to(dtype)
 
     def scale_tril(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """[K, d, d] lower Cholesky factor L of every covariance."""
@@ -213,17 +215,19 @@ class GaussianMixtureClassifier(nn.Module):
         return torch.linalg.cholesky(self.covariance_matrix(dtype))
 
     def _full_cholesky(self, dtype: torch.dtype) -> torch.Tensor:
-        """Cholesky factor of A A^T + floor^2 I, factorised in float64: in float32 the
-        rounding of A A^T (relative 1e-7) can exceed floor^2 once A grows."""
-        a = self.cov_factor.double()
-        eye = torch.eye(self.dim, dtype=a.dtype, device=a.device)
-        chol, info = torch.linalg.cholesky_ex(a @ a.mT + self.floor**2 * eye)
-        if bool((info > 0).any()):
-            raise FloatingPointError(
-                "GaussianMixtureClassifier(covariance='full'): a covariance lost positive "
-                "definiteness in floating point; raise `floor` or use covariance='tril'"
-            )
-        return chol.to(dtype)
+        """Cholesky factor of A A^T + floor^2 I. When float32 rounding (relative ~1e-7 in
+        A A^T) breaks the factorisation of an ill-conditioned covariance, it is redone in
+        float64."""
+        for work in (dtype, torch.float64):
+            a = self.cov_factor.to(work)
+            eye = torch.eye(self.dim, dtype=work, device=a.device)
+            chol, info = torch.linalg.cholesky_ex(a @ a.mT + self.floor**2 * eye)
+            if not bool((info > 0).any()):
+                return chol.to(dtype)
+        raise FloatingPointError(
+            "GaussianMixtureClassifier(covariance='full'): a covariance is not positive "
+            "definite even in float64; raise `floor` or use covariance='tril'"
+        )
 
     def covariance_matrix(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """[K, d, d] dense covariances (for inspection and tests; not used in training)."""
@@ -255,17 +259,17 @@ class GaussianMixtureClassifier(nn.Module):
         dtype = z.dtype
         mu = self.means.to(dtype)
         const = 0.5 * self.dim * math.log(2 * math.pi)
-        if self.covariance == "diag":
-            scale = self._scale(dtype)  # [K, d]
-            maha = ((z.unsqueeze(1) - mu) / scale).square().sum(-1)  # [B, K]
-            return -0.5 * maha - scale.log().sum(-1) - const
-        if self.covariance == "tril":
-            u = self.precision_tril(dtype)  # [K, d, d]
-            k, d = u.shape[:2]
-            uz = (z @ u.reshape(k * d, d).T).view(-1, k, d)  # [B, K, d]: U_k z, one product
-            umu = (u * mu.unsqueeze(1)).sum(-1)  # [K, d] U_k mu_k (cheaper than a bmm)
-            maha = (uz - umu).square().sum(-1)
-            return -0.5 * maha + u.diagonal(dim1=-2, dim2=-1).log().sum(-1) - const
+        if self.covariance in ("diag", "tril"):
+            # w = U_k (z - mu_k) with U = diag(1 / scale) + strictly lower part O
+            inv_scale = self._scale(dtype).reciprocal()  # [K, d]
+            w = inv_scale * (z.unsqueeze(1) - mu)  # [B, K, d]
+            if self.covariance == "tril":
+                off = self._precision_offdiag(dtype)  # [K, d, d]
+                k, d = off.shape[:2]
+                oz = (z @ off.reshape(k * d, d).T).view(-1, k, d)  # O_k z for all k at once
+                w = w + oz - (off * mu.unsqueeze(1)).sum(-1)  # - O_k mu_k
+            maha = w.square().sum(-1)  # [B, K]
+            return -0.5 * maha + inv_scale.log().sum(-1) - const
         if self.covariance == "lowrank":
             from gmlab.distributions.lowrank import lowrank_log_prob
 
@@ -287,8 +291,9 @@ class GaussianMixtureClassifier(nn.Module):
             return (comp + log_w).logsumexp(-1) - math.log(self.n_classes)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, in_features] -> [B] log p(x), the mixture density of the (projected) features:
-        low values flag out-of-distribution inputs."""
+        """[B, in_features] -> [B] log p(x), the mixture density of the (projected) inputs.
+        An OOD score only as far as training made it a density of the inputs: with
+        `nll_loss` alone just p(y|x) is fitted (see `gmlab.models.gmm_classifier`)."""
         return self.joint_log_prob(x).logsumexp(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
