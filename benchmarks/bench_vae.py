@@ -231,14 +231,23 @@ def reference_speed(name: str, steps: int, device: str) -> dict:
 def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     steps = int(os.environ.get("GMLAB_BENCH_STEPS", "30"))
-    print(f"device {device}, {torch.get_num_threads()} threads, median of {steps} steps")
+    print(
+        f"device {device}, {torch.get_num_threads()} threads, median of {steps} steps, "
+        f"best of {os.environ.get('GMLAB_BENCH_ROUNDS', '2')} alternating rounds"
+    )
     print(
         f"{'setting':<12} {'gmlab img/s':>12} {'reference img/s':>16} {'ratio':>6} "
         f"{'gmlab data load':>16}"
     )
+    rounds = int(os.environ.get("GMLAB_BENCH_ROUNDS", "2"))
     for name in SETTINGS:
-        ours = gmlab_speed(name, steps, device)
-        ref = reference_speed(name, steps, device)
+        # alternate the two a few times and keep each one's best round (a shared machine's
+        # load comes and goes; the best round is the least disturbed)
+        ours = {"img_s": 0.0}
+        ref = {"img_s": 0.0}
+        for _ in range(rounds):
+            ours = max(ours, gmlab_speed(name, steps, device), key=lambda r: r["img_s"])
+            ref = max(ref, reference_speed(name, steps, device), key=lambda r: r["img_s"])
         print(
             f"{name:<12} {ours['img_s']:12.0f} {ref['img_s']:16.0f} "
             f"{ours['img_s'] / ref['img_s']:5.2f}x {100 * ours['load_frac']:15.2f}%",

@@ -200,6 +200,14 @@ def test_short_training_lowers_test_bpd_and_checkpoint_loads_weights_only(tmp_pa
 
     before = test_bpd(model)
     model.train()
+    clips = []
+    clip = model.clip_gradients
+
+    def spy(optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        clips.append((gradient_clip_val, gradient_clip_algorithm))
+        return clip(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    model.clip_gradients = spy
     trainer = L.Trainer(
         max_steps=120,
         accelerator="cpu",
@@ -212,8 +220,8 @@ def test_short_training_lowers_test_bpd_and_checkpoint_loads_weights_only(tmp_pa
     )
     trainer.fit(model, datamodule=data)
     after = test_bpd(model)
-    print(f"digits test bpd {before:.3f} -> {after:.3f}")
     assert after < before - 1.0, (before, after)
+    assert len(clips) == 120 and set(clips) == {(10.0, "norm")}
 
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
