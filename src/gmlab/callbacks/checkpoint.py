@@ -32,6 +32,15 @@ class Checkpoint(ModelCheckpoint):
             inf = torch.tensor(torch.inf)
             self.kth_value, self.mode = (inf, "min") if mode == "min" else (-inf, "max")
 
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        """Try the top-k save, then mark the step as saved so that the caller rewrites
+        `last.ckpt` too: Lightning 2.6 refreshes `last.ckpt` only when a top-k file was
+        written, which leaves it stale (and a resume loses epochs) once the metric stops
+        improving."""
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_global_step_saved = trainer.global_step
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         partial = f"{filepath}.partial"
         trainer.save_checkpoint(partial, self.save_weights_only)
