@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import warnings
 
 import lightning as L
@@ -34,6 +33,7 @@ import torch
 from gmlab.data.base import InMemoryDataModule
 from gmlab.distributions.mfa import NOISE_TYPES
 from gmlab.errors import NonFiniteError, ShapeError
+from gmlab.metrics import bits_per_dim
 from gmlab.models.mfa import MFAModel
 
 __all__ = ["MFA"]
@@ -51,6 +51,8 @@ class MFA:
             than this between passes (0: always run `max_iter` passes).
         init: "kmeans" or "rnd_samples".
         noise_floor: lower bound of the noise variances (data units).
+        noise_reg: added to the noise variances after each M-step (like scikit-learn's
+            `reg_covar`).
         reseed_below: responsibility mass (points) under which a component is re-seeded.
         feature_sampling: None or the fraction of coordinates used for responsibilities.
         finetune_epochs: Adam epochs on the negative log-likelihood after EM.
@@ -74,6 +76,7 @@ class MFA:
         tol: float = 1e-3,
         init: str = "kmeans",
         noise_floor: float = 1e-6,
+        noise_reg: float = 0.0,
         reseed_below: float = 1.0,
         feature_sampling: float | None = None,
         finetune_epochs: int = 0,
@@ -91,6 +94,7 @@ class MFA:
         self.tol = tol
         self.init = init
         self.noise_floor = noise_floor
+        self.noise_reg = noise_reg
         self.reseed_below = reseed_below
         self.feature_sampling = feature_sampling
         self.finetune_epochs = finetune_epochs
@@ -121,6 +125,8 @@ class MFA:
             raise ValueError(f"init must be 'kmeans' or 'rnd_samples', got {self.init!r}")
         if self.noise_floor <= 0:
             raise ValueError(f"noise_floor must be > 0, got {self.noise_floor}")
+        if self.noise_reg < 0:
+            raise ValueError(f"noise_reg must be >= 0, got {self.noise_reg}")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -196,6 +202,7 @@ class MFA:
                 noise=self.noise,
                 init=self.init,
                 noise_floor=self.noise_floor,
+                noise_reg=self.noise_reg,
                 reseed_below=self.reseed_below,
                 feature_sampling=self.feature_sampling,
                 em_passes=int(self.max_iter),
@@ -319,8 +326,7 @@ class MFA:
             torch.manual_seed(self.random_state + 1)
             y = (x.to(model.device).float() + torch.rand(x.shape, device=model.device)) / 256
         ll = model.mixture.log_prob(y.to(model.mixture.means.dtype))
-        d = x.shape[1]
-        bits = (-ll + d * math.log(256)) / (d * math.log(2))
+        bits = bits_per_dim(ll, num_dims=x.shape[1])
         if per_sample:
             return self._out(bits, is_numpy)
         return float(bits.mean())
