@@ -27,12 +27,12 @@ bench: $(STAMP)
 	$(PY) -m benchmarks $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks notebooks
+	$(VENV)/bin/ruff format --check src tests benchmarks notebooks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks
-	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks notebooks
+	$(VENV)/bin/ruff check --fix src tests benchmarks notebooks
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir outputs --bind_all
