@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gmlab.data.loader import IndexBatchLoader
-from gmlab.data.preprocess import Preprocessor
+from gmlab.data.preprocess import Preprocessor, dequantize_uniform
 from gmlab.errors import NonFiniteError, ShapeError
 from gmlab.metrics.bpd import bits_per_dim, nats_to_bits
 
@@ -27,6 +27,33 @@ def test_dequantized_values_stay_in_their_bins():
     assert torch.equal(torch.floor(y * 256).to(torch.uint8), x)
     assert torch.equal(log_det, torch.zeros(64))
     assert torch.equal(pre.to_pixels(pre.to_model_space(x)).round().to(torch.uint8), x)
+
+
+def test_dequantization_noise_is_uniform_and_seeded():
+    """The packed 16-bit noise passes a Kolmogorov-Smirnov test against U(0, 1), never hits
+    a bin edge, and follows torch's seed (bitwise resume depends on that)."""
+    from scipy import stats
+
+    torch.manual_seed(3)
+    u = dequantize_uniform(torch.zeros(200_001))  # odd length: a partly used last word
+    assert u.min() > 0 and u.max() < 1
+    assert stats.kstest(u.double().numpy(), "uniform").pvalue > 1e-3
+    # every one of the four 16-bit lanes of a word is uniform on its own
+    for lane in range(4):
+        assert stats.kstest(u[lane::4].double().numpy(), "uniform").pvalue > 1e-3
+    torch.manual_seed(3)
+    assert torch.equal(dequantize_uniform(torch.zeros(200_001)), u)
+
+
+def test_continuous_data_pass_through_and_integer_input_is_an_error():
+    pre = Preprocessor(num_levels=None)
+    points = torch.randn(7, 2) * 300
+    y, log_det = pre(points, train=True)
+    assert torch.equal(y, points) and torch.equal(log_det, torch.zeros(7))
+    assert torch.equal(pre.to_pixels(points), points)
+    assert torch.equal(pre.to_model_space(points), points)
+    with pytest.raises(ShapeError, match="continuous data"):
+        pre(torch.zeros(3, 2, dtype=torch.uint8))
 
 
 def test_symmetric_scaling_log_det_matches_change_of_variables():

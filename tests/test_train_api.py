@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ POINTS = [
     "data._target_=support.callbacks.PointsDataModule",
     "~data.test_size",
     "data.shape=[2]",
+    "data.num_levels=null",
     "data.batch_size=64",
     "data.val_size=64",
     "trainer.max_epochs=3",
@@ -115,3 +117,21 @@ def test_parallel_multirun_jobs_spread_over_gpus(tmp_path):
     assert job_gpu(cfg, 3, 1) is None
     cpu = make_cfg(tmp_path, ["model=gaussian", "trainer=cpu"])
     assert job_gpu(cpu, 3, 4) is None
+
+
+def test_continuous_points_report_nats_and_sample_unclamped(tmp_path):
+    """On real-valued points (num_levels=null) test/bpd is -log2 p(x) / D of the fitted
+    density (checked against torch.distributions) and samples keep the data's range."""
+    cfg = make_cfg(tmp_path, [*POINTS, "trainer.max_epochs=40", "model.lr=0.05"])
+    cfg.callbacks = {}
+    cfg.logger = {}
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    bpd = trainer.test(model, datamodule=datamodule, verbose=False)[0]["test/bpd"]
+    x, _ = datamodule.tensors("test")
+    normal = torch.distributions.Normal(model.mean.detach(), model.std.detach())
+    expected = -normal.log_prob(x).sum(1).mean() / (2 * math.log(2))
+    assert bpd == pytest.approx(expected.item(), abs=1e-4)
+    samples = model.sample(4000)
+    assert samples.min() < 0  # the data (mean 1, std 2 along x) goes below 0: no clamping
+    torch.testing.assert_close(samples.mean(0), model.mean.detach(), atol=0.1, rtol=0)

@@ -44,6 +44,7 @@ class InMemoryDataModule(L.LightningDataModule, abc.ABC):
         num_classes: int = 10,
         download: bool = False,
         limit: int | None = None,
+        num_levels: int | None = 256,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
@@ -55,6 +56,7 @@ class InMemoryDataModule(L.LightningDataModule, abc.ABC):
         self.num_classes = num_classes
         self.download = download
         self.limit = limit
+        self.num_levels = num_levels  # levels of the raw values; None: continuous (points)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @abc.abstractmethod

@@ -127,6 +127,7 @@ class Toy2DDataModule(InMemoryDataModule):
                 f"data.dataset={dataset!r} is not a toy2d set; choose one of {DATASETS}"
             )
         kwargs.setdefault("shape", (2,))
+        kwargs["num_levels"] = None  # real-valued points, not pixels
         if kwargs.get("num_classes") is None:
             kwargs["num_classes"] = NUM_CLASSES[dataset]
         super().__init__(**kwargs)

@@ -321,11 +321,7 @@ class MFA:
             )
         if x.min() < 0 or x.max() > 255:
             raise ShapeError("bpd expects pixel values in 0..255")
-        model = self.model_
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.random_state + 1)
-            y = (x.to(model.device).float() + torch.rand(x.shape, device=model.device)) / 256
-        ll = model.mixture.log_prob(y.to(model.mixture.means.dtype))
+        ll = self.score_samples(x)  # the same dequantization noise as score_samples
         bits = bits_per_dim(ll, num_dims=x.shape[1])
         if per_sample:
             return self._out(bits, is_numpy)

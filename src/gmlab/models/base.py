@@ -122,7 +122,9 @@ class GenerativeModel(GmlabModule):
         return self.to_bits(self.log_likelihood(x_raw))
 
     def to_bits(self, log_likelihood: torch.Tensor) -> torch.Tensor:
-        if self.preprocess.discrete:
+        """[B] nats -> bits/dim: the DESIGN.md convention for dequantized pixels, -log2 P / D
+        for binarized data (a pmf) and for continuous points (a density: may be < 0)."""
+        if self.preprocess.discrete or self.preprocess.continuous:
             return nats_to_bits(log_likelihood, self.num_dims)
         return bits_per_dim(log_likelihood, self.num_dims, self.preprocess.num_levels)
 
