@@ -27,12 +27,12 @@ bench: $(STAMP)
 	$(PY) -m benchmarks $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks notebooks
-	$(VENV)/bin/ruff format --check src tests benchmarks notebooks
+	$(VENV)/bin/ruff check src tests benchmarks notebooks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks notebooks scripts
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks notebooks
-	$(VENV)/bin/ruff check --fix src tests benchmarks notebooks
+	$(VENV)/bin/ruff format src tests benchmarks notebooks scripts
+	$(VENV)/bin/ruff check --fix src tests benchmarks notebooks scripts
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir outputs --bind_all
