@@ -82,12 +82,14 @@ def torchvision_epoch(root: Path):
     return epoch
 
 
-def gmlab_epoch(root: Path, cache_dir: Path, preprocess: bool, device: str = "cpu"):
+def gmlab_epoch(
+    root: Path, cache_dir: Path, preprocess: bool, device: str = "cpu", dequantize: bool = True
+):
     from gmlab.data import MNISTDataModule, Preprocessor
 
     dm = MNISTDataModule(root=str(root), cache_dir=str(cache_dir), batch_size=BATCH, val_size=0)
     dm.setup()
-    pre = Preprocessor(dequantize=True, scale="unit")
+    pre = Preprocessor(dequantize=dequantize, scale="unit")
     loader = dm.train_dataloader()
     if device != "cpu":
         x, y = dm.tensors("train")
@@ -131,6 +133,7 @@ def main() -> dict[str, tuple[float, float]]:
         figures = {
             "torchvision": measure(tv, repeats=2, warmup=0),
             "gmlab": measure(gmlab_epoch(root, tmp / "cache", preprocess=True)),
+            "gmlab_float": measure(gmlab_epoch(root, tmp / "cache", True, dequantize=False)),
             "gmlab_loader_only": measure(first),
         }
         threads = torch.get_num_threads()
@@ -150,6 +153,7 @@ def main() -> dict[str, tuple[float, float]]:
     rows = [
         ("torchvision DataLoader(MNIST(transform=ToTensor()))", "torchvision"),
         ("gmlab MNISTDataModule + Preprocessor (float, dequantized)", "gmlab"),
+        ("gmlab + Preprocessor, bin centres (floats, as ToTensor)", "gmlab_float"),
         ("gmlab MNISTDataModule, uint8 batches only", "gmlab_loader_only"),
         ("gmlab + Preprocessor, 1 torch thread", "gmlab_1_thread"),
         ("gmlab, data and Preprocessor on the GPU", "gmlab_gpu"),
@@ -170,9 +174,10 @@ def main() -> dict[str, tuple[float, float]]:
             f"  note: load average {load:.1f} on {cores} cores: wall times come from a busy "
             f"machine; the CPU-time ratios of single-threaded runs are the steadier figure"
         )
-    ratio = tv_wall / figures["gmlab"][0]
-    verdict = "meets" if ratio >= 50 else "misses"
-    print(f"speed-up (what a model sees, wall clock): {ratio:.1f}x; {verdict} the 50x goal")
+    for label, key in (("dequantized", "gmlab"), ("floats as ToTensor gives", "gmlab_float")):
+        ratio = tv_wall / figures[key][0]
+        verdict = "meets" if ratio >= 50 else "misses"
+        print(f"speed-up, {label} (wall clock): {ratio:.1f}x; {verdict} the 50x goal")
     return figures
 
 
