@@ -13,13 +13,7 @@ from gmlab import MFA
 from gmlab.data.digits import DigitsDataModule
 from gmlab.errors import NonFiniteError, ShapeError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

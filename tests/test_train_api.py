@@ -7,26 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from support.compose import train_config as make_cfg
 
 from gmlab.errors import CheckpointMismatchError, NonFiniteError
 from gmlab.train import build, train
 from gmlab.utils.checkpoint import load_model
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-def make_cfg(tmp_path: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=False)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.paths.work_dir = str(tmp_path)
-        cfg.callbacks.pop("progress_bar", None)
-        cfg.callbacks.pop("model_summary", None)
-    return cfg
-
 
 POINTS = [
     "model=gaussian",

@@ -10,13 +10,7 @@ from gmlab.distributions.mfa import MixtureOfFactorAnalyzers
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids thread-pool stalls on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_mixture(k=3, d=6, l=2, noise="diagonal", seed=0):

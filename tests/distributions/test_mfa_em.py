@@ -7,7 +7,6 @@ from scipy.stats import multivariate_normal
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA, FactorAnalysis
 from sklearn.mixture import GaussianMixture
-from threadpoolctl import threadpool_limits
 
 from gmlab.distributions.mfa import (
     MixtureOfFactorAnalyzers,
@@ -21,14 +20,7 @@ from gmlab.distributions.mfa import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids thread-pool stalls on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):  # numpy / scipy BLAS as well
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

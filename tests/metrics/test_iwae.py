@@ -8,14 +8,7 @@ import torch
 from gmlab.metrics.iwae import iwae_bound
 from gmlab.models.vae import VAE
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: one thread is faster, and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_chunked_bound_equals_one_shot_logsumexp():

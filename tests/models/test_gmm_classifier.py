@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from support.compose import train_config
 
 from gmlab.data import DigitsDataModule
 from gmlab.errors import ShapeError
@@ -22,13 +22,7 @@ from gmlab.utils.checkpoint import load_model
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is faster, and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small_model(**kw) -> GMMClassifier:
@@ -78,21 +72,10 @@ def test_short_training_improves_accuracy(head, cov):
     assert isinstance(model.head, GaussianMixtureClassifier if head == "gmm" else torch.nn.Linear)
 
 
-def compose_cfg(tmp_path: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.paths.work_dir = str(tmp_path)
-        cfg.callbacks.pop("progress_bar", None)
-        cfg.callbacks.pop("model_summary", None)
-    return cfg
-
-
 def test_gmlab_train_logs_metrics_histogram_and_grids(tmp_path):
     """Through Hydra: acc/nll/ece match formulas computed independently from the best
     checkpoint's predictions; TensorBoard holds the OOD histogram and the digit grid."""
-    cfg = compose_cfg(
+    cfg = train_config(
         tmp_path,
         [
             "model=gmm_classifier", "data=digits", "model.features=32", "model.optimizer=adam",

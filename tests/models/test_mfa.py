@@ -7,36 +7,21 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from support.compose import train_config
 
 from gmlab.estimators.mfa import _TensorDataModule
 from gmlab.models.mfa import MFAModel
 from gmlab.train import build, train
 from gmlab.utils.checkpoint import load_model
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
 FAST = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread avoids thread-pool stalls on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_cfg(tmp_path: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[*FAST, *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.paths.work_dir = str(tmp_path)
-        cfg.callbacks.pop("progress_bar", None)
-        cfg.callbacks.pop("model_summary", None)
-    return cfg
+    return train_config(tmp_path, [*FAST, *overrides])
 
 
 def test_default_train_is_mfa_on_digits_and_checkpoints_every_pass(tmp_path):

@@ -17,15 +17,7 @@ from gmlab.models.realnvp import RealNVP, standard_normal_log_prob
 from gmlab.nn.flows import AffineCoupling, FactorOut, Squeeze
 from gmlab.utils.checkpoint import load_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions gain nothing from a second thread, and on a shared 2-core machine
-    two OpenMP threads that wait for each other make them 10-100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 TINY = {"num_blocks": 1, "filters": 8, "channels_last": False}

@@ -13,13 +13,7 @@ from gmlab.models.vae import VAE
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: one thread is faster, and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def trainer(**kw) -> L.Trainer:

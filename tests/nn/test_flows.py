@@ -23,15 +23,7 @@ from gmlab.nn.flows import (
     squeeze2d,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions gain nothing from a second thread, and on a shared 2-core machine
-    two OpenMP threads that wait for each other make them 10-100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def randomize(flow: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
