@@ -109,9 +109,11 @@ def test_index_loader_covers_each_sample_once_per_epoch(world_size):
             assert len(batches) == len(loader)
             seen += [b[0] for b in batches]
         seen = torch.cat(seen)
-        # every sample appears; ranks only repeat samples to pad to equal counts
+        # every sample appears; ranks repeat only the few samples that pad them to equal
+        # counts (like DistributedSampler), so EM statistics are nearly exact under DDP
         assert set(seen.tolist()) == set(range(n))
-        assert len(seen) - n < 10 * world_size
+        assert len(seen) - n == (-n) % world_size
+        assert len({len(loader) for loader in loaders}) == 1
     loaders[0].sampler.set_epoch(0)
     first = torch.cat([b[0] for b in loaders[0]])
     loaders[0].sampler.set_epoch(1)

@@ -26,8 +26,10 @@ class IndexBatchLoader:
 
     A sized iterable that Lightning accepts as a dataloader. Shuffling uses a generator
     seeded by (seed, epoch), so every epoch's order is reproducible, also after a resume.
-    Under multi-process training each rank takes every `world_size`-th batch of the same
-    permutation (the permutation is padded by wrap-around so ranks get equal counts).
+    Under multi-process training each rank takes every `world_size`-th sample of the same
+    permutation, padded by wrap-around to a multiple of `world_size` (as
+    `torch.utils.data.DistributedSampler` does): ranks get equal batch counts, so DDP
+    stays in step, and at most world_size - 1 samples are seen twice per epoch.
 
     Args:
         x: [N, ...] data (uint8 images or float points).
@@ -63,13 +65,12 @@ class IndexBatchLoader:
         self.sampler = EpochSeed()
         self.batch_sampler = None  # read by Lightning's loader inspection
 
-    def _num_global_batches(self) -> int:
-        n = len(self.x)
-        full = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-        return max(full, 0)
+    def _per_rank_samples(self) -> int:
+        return math.ceil(len(self.x) / self.world_size)
 
     def __len__(self) -> int:
-        return math.ceil(self._num_global_batches() / self.world_size)
+        m = self._per_rank_samples()
+        return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
 
     def __iter__(self):
         n = len(self.x)
@@ -78,9 +79,10 @@ class IndexBatchLoader:
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
-        num_batches = self._num_global_batches()
-        per_rank = len(self)
-        for i in range(per_rank):
-            b = (i * self.world_size + self.rank) % max(num_batches, 1)
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+        padded = self._per_rank_samples() * self.world_size
+        if padded > n:
+            order = order.repeat(math.ceil(padded / n))[:padded]
+        mine = order[self.rank :: self.world_size]
+        for i in range(len(self)):
+            idx = mine[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.x[idx], self.y[idx]
