@@ -11,6 +11,10 @@ into it and both losses are printed to show they agree.
 
 Variants of gmlab's model: float32 NCHW, float32 channels-last, and bf16 autocast of the
 s/t nets (log-dets in float32), channels-last. On a GPU: images/s with bf16.
+
+Each rate is also printed as achieved GFLOP/s (the step's flops counted by
+`torch.utils.flop_counter`, 91% of the time is convolutions) over the machine's own fp32
+matmul rate, which bounds what any fp32 implementation of this architecture can reach.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import time
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
+from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import machine
+from benchmarks.common import machine, matmul_gflops
 
 BATCH, SHAPE = 64, (3, 32, 32)
 BLOCKS, FILTERS = 8, 128
@@ -237,9 +242,22 @@ def main() -> None:
         model = RealNVP(list(SHAPE), num_blocks=BLOCKS, filters=FILTERS, amp=amp, channels_last=cl)
         steps[label] = train_step(model, gmlab_loss(model), x)
     rates = best_rates(steps)
+    # the work of one step (both implementations do the same convolutions), against the
+    # machine's own fp32 matmul rate measured now
+    with FlopCounterMode(display=False) as counter:
+        steps["gmlab float32 channels-last"]()
+    gflop_per_image = counter.get_total_flops() / BATCH / 1e9
+    peak = matmul_gflops()
+    print(f"one training step: {gflop_per_image:.2f} GFLOP/image; fp32 matmul {peak:.1f} GFLOP/s")
     rate_ref = next(iter(rates.values()))
     for label, rate in rates.items():
-        print(f"{label + ':':46s} {rate:6.2f} images/s, {rate / rate_ref:.2f}x the reference")
+        achieved = rate * gflop_per_image
+        print(
+            f"{label + ':':46s} {rate:6.2f} images/s, {rate / rate_ref:.2f}x the reference, "
+            f"{achieved:6.1f} GFLOP/s = {achieved / peak:.2f} x fp32 matmul"
+        )
+    need = 14.0 * gflop_per_image
+    print(f"goal 14 images/s in fp32 = {need:.0f} GFLOP/s = {need / peak:.2f} x fp32 matmul here")
 
     if torch.cuda.is_available():
         model = RealNVP(list(SHAPE), num_blocks=BLOCKS, filters=FILTERS).cuda()
