@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## train: the default experiment (MFA on scikit-learn's bundled 8x8 digits, CPU, ~1 min)
+## train: the default experiment (MFA on scikit-learn's bundled 8x8 digits, CPU, ~20 s)
 train: $(STAMP)
 	$(VENV)/bin/gmlab-train $(ARGS)
 
