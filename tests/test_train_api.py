@@ -120,3 +120,25 @@ def test_continuous_points_report_nats_and_sample_unclamped(tmp_path):
     samples = model.sample(4000)
     assert samples.min() < 0  # the data (mean 1, std 2 along x) goes below 0: no clamping
     torch.testing.assert_close(samples.mean(0), model.mean.detach(), atol=0.1, rtol=0)
+
+
+def test_trainer_flags_switch_off_their_callbacks(tmp_path):
+    """`trainer.enable_progress_bar=false` (and the summary / checkpointing flags) work from
+    the command line although the callbacks group lists those callbacks."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+    from support.compose import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*POINTS, "trainer.enable_model_summary=false"])
+    cfg.paths.output_dir = cfg.paths.work_dir = str(tmp_path)
+    assert not cfg.trainer.enable_progress_bar  # set by POINTS
+    assert "progress_bar" in cfg.callbacks and "model_summary" in cfg.callbacks
+    _, _, trainer = build(cfg)
+    kinds = {type(c).__name__ for c in trainer.callbacks}
+    assert "RichProgressBar" not in kinds and "RichModelSummary" not in kinds
+    assert "Checkpoint" in kinds and "ImageGrids" in kinds
+    with open_dict(cfg):
+        cfg.trainer.enable_checkpointing = False
+    _, _, trainer = build(cfg)
+    assert "Checkpoint" not in {type(c).__name__ for c in trainer.callbacks}
