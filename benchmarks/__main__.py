@@ -1,4 +1,7 @@
-"""Run every benchmarks/bench_*.py (or those named: `python -m benchmarks mfa data`)."""
+"""Run every benchmarks/bench_*.py (or those named: `python -m benchmarks mfa data`).
+
+`python -m benchmarks --gpu [names]` runs only the GPU rows (each module's `gpu()`), for a
+GPU machine whose time is short."""
 
 from __future__ import annotations
 
@@ -10,7 +13,15 @@ from pathlib import Path
 from benchmarks.common import machine
 
 
-def main(names: list[str]) -> int:
+def main(args: list[str]) -> int:
+    gpu_only = "--gpu" in args
+    names = [a for a in args if a != "--gpu"]
+    if gpu_only:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("--gpu: no CUDA device is visible to torch on this machine")
+            return 2
     found = sorted(p.stem for p in Path(__file__).parent.glob("bench_*.py"))
     chosen = [f"bench_{n}" if not n.startswith("bench_") else n for n in names] or found
     unknown = sorted(set(chosen) - set(found))
@@ -21,7 +32,13 @@ def main(names: list[str]) -> int:
     for name in chosen:
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
-        importlib.import_module(f"benchmarks.{name}").main()
+        module = importlib.import_module(f"benchmarks.{name}")
+        if not gpu_only:
+            module.main()
+        elif hasattr(module, "gpu"):
+            module.gpu()
+        else:
+            print("(no GPU rows)")
         print(f"({name}: {time.perf_counter() - start:.1f} s)", flush=True)
     return 0
 

@@ -111,15 +111,23 @@ def gmlab_epoch(
     return epoch
 
 
+def data_root(tmp: Path) -> Path:
+    """Real MNIST (../shared/data, or GMLAB_BENCH_DATA) when present, else synthetic files
+    of that shape written under tmp."""
+    shared = Path(os.environ.get("GMLAB_BENCH_DATA", SHARED))
+    if (shared / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        root, source = shared, f"real MNIST from {shared}"
+    else:
+        root, source = tmp / "data", "synthetic MNIST-shaped IDX files"
+        synthetic_mnist(root)
+    print(f"data: {source}; one epoch = 60,000 training images in batches of {BATCH}")
+    return root
+
+
 def main() -> dict[str, tuple[float, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if (SHARED / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
-            root, source = SHARED, f"real MNIST from {SHARED}"
-        else:
-            root, source = tmp / "data", "synthetic MNIST-shaped IDX files"
-            synthetic_mnist(root)
-        print(f"data: {source}; one epoch = 60,000 training images in batches of {BATCH}")
+        root = data_root(tmp)
 
         start = time.perf_counter()
         first = gmlab_epoch(root, tmp / "cache", preprocess=False)
@@ -145,9 +153,6 @@ def main() -> dict[str, tuple[float, float]]:
                 )
             finally:
                 torch.set_num_threads(threads)
-        if torch.cuda.is_available():
-            gpu = gmlab_epoch(root, tmp / "cache", preprocess=True, device="cuda")
-            figures["gmlab_gpu"] = measure(gpu)
 
     tv_wall, tv_cpu = figures["torchvision"]
     rows = [
@@ -156,7 +161,6 @@ def main() -> dict[str, tuple[float, float]]:
         ("gmlab + Preprocessor, bin centres (floats, as ToTensor)", "gmlab_float"),
         ("gmlab MNISTDataModule, uint8 batches only", "gmlab_loader_only"),
         ("gmlab + Preprocessor, 1 torch thread", "gmlab_1_thread"),
-        ("gmlab, data and Preprocessor on the GPU", "gmlab_gpu"),
     ]
     print(f"  {'':<58} {'wall s/epoch':>12} {'ratio':>7} {'CPU s/epoch':>12} {'ratio':>7}")
     for label, key in rows:
@@ -178,7 +182,24 @@ def main() -> dict[str, tuple[float, float]]:
         ratio = tv_wall / figures[key][0]
         verdict = "meets" if ratio >= 50 else "misses"
         print(f"speed-up, {label} (wall clock): {ratio:.1f}x; {verdict} the 50x goal")
+    if torch.cuda.is_available():
+        gpu()
     return figures
+
+
+def gpu() -> None:
+    """GPU row: the whole split on the GPU, batches indexed and preprocessed there, against
+    the same epoch on the CPU."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        root = data_root(tmp)
+        cpu, _ = measure(gmlab_epoch(root, tmp / "cache", preprocess=True))
+        on_gpu, _ = measure(gmlab_epoch(root, tmp / "cache", preprocess=True, device="cuda"))
+    print(
+        f"  gmlab + Preprocessor (float, dequantized): CPU {cpu:.4f} s/epoch, data and "
+        f"Preprocessor on {torch.cuda.get_device_name()} {on_gpu:.4f} s/epoch "
+        f"({cpu / on_gpu:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

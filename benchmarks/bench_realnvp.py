@@ -260,16 +260,40 @@ def main() -> None:
     print(f"goal 14 images/s in fp32 = {need:.0f} GFLOP/s = {need / peak:.2f} x fp32 matmul here")
 
     if torch.cuda.is_available():
-        model = RealNVP(list(SHAPE), num_blocks=BLOCKS, filters=FILTERS).cuda()
-        xg = x.cuda()
-        step = train_step(model, gmlab_loss(model), xg)
+        gpu()
 
-        def synced():
+
+def gpu() -> None:
+    """GPU rows: training images/s of the same step in float32 and with bf16 s/t nets, and
+    the achieved TFLOP/s against the GPU's own dense matmul rate in each precision."""
+    from gmlab.models.realnvp import RealNVP
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (BATCH, *SHAPE), dtype=torch.uint8, device="cuda")
+    steps = {}
+    for label, amp in (("float32", "none"), ("bf16 s/t nets", "bf16")):
+        model = RealNVP(list(SHAPE), num_blocks=BLOCKS, filters=FILTERS, amp=amp).cuda()
+        step = train_step(model, gmlab_loss(model), x)
+
+        def synced(step=step):
             step()
             torch.cuda.synchronize()
 
-        rate = best_rates({"gpu": synced}, repeats=10)["gpu"]
-        print(f"GPU ({torch.cuda.get_device_name()}), bf16 s/t nets: {rate:.1f} images/s")
+        steps[label] = synced
+    with FlopCounterMode(display=False) as counter:
+        steps["float32"]()
+    tflop_per_image = counter.get_total_flops() / BATCH / 1e12
+    peaks = {
+        "float32": matmul_gflops(8192, device="cuda") / 1e3,
+        "bf16 s/t nets": matmul_gflops(8192, torch.bfloat16, device="cuda") / 1e3,
+    }
+    for label, rate in best_rates(steps, repeats=10).items():
+        achieved = rate * tflop_per_image
+        print(
+            f"GPU ({torch.cuda.get_device_name()}), {label + ':':15s} {rate:7.1f} images/s, "
+            f"{achieved:5.1f} TFLOP/s = {achieved / peaks[label]:.2f} x the GPU's matmul "
+            f"in that precision ({peaks[label]:.0f} TFLOP/s)"
+        )
 
 
 if __name__ == "__main__":

@@ -228,8 +228,8 @@ def reference_speed(name: str, steps: int, device: str) -> dict:
     return {"img_s": cfg["batch"] / step, "load_frac": statistics.median(load_times) / step}
 
 
-def main() -> None:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def main(device: str | None = None) -> None:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     steps = int(os.environ.get("GMLAB_BENCH_STEPS", "30"))
     print(
         f"device {device}, {torch.get_num_threads()} threads, median of {steps} steps, "
@@ -260,6 +260,11 @@ def main() -> None:
                 f"{name:<12} torch.compile: {comp['img_s']:.0f} img/s after "
                 f"{comp['compile_s']:.0f} s of compiling"
             )
+
+
+def gpu() -> None:
+    """The same comparison on the GPU."""
+    main("cuda")
 
 
 if __name__ == "__main__":
