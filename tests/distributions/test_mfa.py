@@ -63,8 +63,9 @@ def _mix_cov(m, cov):
 
 def test_noise_free_samples_lie_in_the_component_subspaces():
     m = random_mixture(k=3, d=6, l=2)
-    x, comp = m.sample(50, with_noise=False)
+    x, comp = m.sample(500, with_noise=False)
     for k in range(3):
+        assert (comp == k).any()
         rel = (x[comp == k] - m.means[k]).T  # [d, n_k], in span(A_k)
         a = m.factors[k].detach()
         resid = rel - a @ torch.linalg.lstsq(a, rel).solution

@@ -241,6 +241,18 @@ def test_inputs_state_dict_and_errors(tmp_path):
 def test_cuda_matches_cpu():
     x, _ = gmm(5000)
     q, _ = gmm(2000, seed=1)
-    cpu = ndb_score(x, q, num_bins=20)
-    gpu = ndb_score(x, q, num_bins=20, device="cuda")
-    assert gpu["ndb"] == cpu["ndb"] and gpu["js"] == pytest.approx(cpu["js"], abs=1e-3)
+    # the same bins give the same test on either device
+    ndb = NDB(num_bins=20).fit(x)
+    on_gpu = NDB.from_state_dict(ndb.state_dict(), device="cuda")
+    cpu, gpu = ndb.evaluate(q), on_gpu.evaluate(q)
+    assert gpu["ndb"] == cpu["ndb"]
+    # a point on a bin boundary may fall either way under the devices' rounding
+    torch.testing.assert_close(
+        gpu["query_proportions"].cpu(), cpu["query_proportions"], atol=1e-3, rtol=0
+    )
+    assert gpu["js"] == pytest.approx(cpu["js"], abs=1e-4)
+    # bins fitted on the GPU (its own k-means++ draws, its own rounding) are as good a
+    # partition: the same verdict on a sample of the same distribution, within one bin
+    fitted_on_gpu = ndb_score(x, q, num_bins=20, device="cuda")
+    assert abs(fitted_on_gpu["ndb"] - cpu["ndb"]) <= 1
+    assert fitted_on_gpu["js"] == pytest.approx(cpu["js"], abs=5e-3)

@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from scipy.integrate import quad
+from support.devices import DEVICES
 from torch.autograd.functional import jacobian
 
 from gmlab.data import DigitsDataModule
@@ -127,10 +128,11 @@ def test_fresh_model_bpd_on_uniform_noise_is_analytic(alpha):
     assert analytic_uniform_bpd(0.05) == pytest.approx(8.2075, abs=1e-3)
 
 
-def test_bf16_autocast_keeps_float32_log_likelihood():
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_keeps_float32_log_likelihood(device):
     torch.manual_seed(3)
-    model = randomized(RealNVP([1, 8, 8], **TINY)).eval()
-    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    model = randomized(RealNVP([1, 8, 8], amp="none", **TINY)).eval().to(device)
+    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8, device=device)
     torch.manual_seed(4)
     ll32 = model.log_likelihood(x)
     model.hparams.amp = "bf16"

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from support.devices import DEVICES
 from torch.distributions import MultivariateNormal
 
 from gmlab.errors import ShapeError
@@ -141,16 +142,17 @@ def test_projection_is_a_saved_untrained_buffer():
     assert GaussianMixtureClassifier(20, 3).projection is None  # dim defaults to in_features
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cov", COVARIANCES)
-def test_bf16_autocast_keeps_the_math_in_float32(cov):
+def test_bf16_autocast_keeps_the_math_in_float32(cov, device):
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Linear(10, 16), GaussianMixtureClassifier(16, 4, 2, covariance=cov, rank=3)
-    )
-    x = torch.randn(32, 10)
+    ).to(device)
+    x = torch.randn(32, 10, device=device)
     with torch.no_grad():
         ref = net(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             out = net(x)
             features = net[0](x)
             assert features.dtype == torch.bfloat16
