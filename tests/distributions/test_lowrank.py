@@ -72,10 +72,10 @@ def test_float32_stable_with_constant_coordinates_and_tiny_noise():
 def test_float32_factors_with_nearly_collinear_columns_over_a_tiny_noise_floor():
     """A_k^T D^-1 A_k ~ 1e9 with nearly parallel columns (a component fitted to a handful
     of points, as seen on CelebA-sized data): I + A^T D^-1 A is positive definite, but in
-    float32 its rounding (~1e2) swamps the identity and the Cholesky failed. It now runs in
-    float64: the float32 log-densities are finite, assign every point to the component
-    float64 does, and are as accurate as float32 allows where the Mahalanobis distance is
-    the difference of two terms ~1e9 (x^T D^-1 x - |P^T x|^2)."""
+    float32 its rounding (~1e2) swamps the identity and the Cholesky failed. It is now
+    redone in float64 when float32 fails: the float32 log-densities are finite, assign every
+    point to the component float64 does, and are as accurate as float32 allows where the
+    Mahalanobis distance is the difference of two terms ~1e9 (x^T D^-1 x - |P^T x|^2)."""
     g = torch.Generator().manual_seed(0)
     k, d, l = 3, 3000, 4
     base = 0.5 * torch.randn(k, d, 1, generator=g, dtype=F64)

@@ -112,19 +112,19 @@ class LowRankGaussians:
         shift = shift.to(means)
         inv_noise = torch.exp(-log_noise)
         v = factors * inv_noise.unsqueeze(-1)  # [K, d, l]  D^-1 A
-        # L = I + A^T D^-1 A in float64 (K d l^2 flops, small next to a pass): with a tiny
-        # noise floor the Gram term reaches ~1e9, where float32 rounding (~1e2) swamps the
-        # identity and can make L numerically indefinite
-        eye = torch.eye(l, dtype=torch.float64, device=means.device)
-        lmat = eye + factors.transpose(1, 2).double() @ v.double()  # [K, l, l]
-        chol64 = torch.linalg.cholesky(lmat)
+        eye = torch.eye(l, dtype=means.dtype, device=means.device)
+        lmat = eye + factors.transpose(1, 2) @ v  # [K, l, l]  L = I + A^T D^-1 A
+        chol, info = torch.linalg.cholesky_ex(lmat)
+        if bool((info > 0).any()):
+            # with a tiny noise floor and nearly collinear factors the Gram term reaches
+            # ~1e9, where float32 rounding (~1e2) swamps the identity: redo it in float64
+            gram = factors.transpose(1, 2).double() @ v.double()
+            chol = torch.linalg.cholesky(eye.double() + gram).to(means.dtype)
         # P = V C^-T through the tiny [K, l, l] inverse (a wide triangular solve is slow)
-        cinv = torch.linalg.solve_triangular(chol64, eye.expand(k, l, l), upper=False)
-        proj = v @ cinv.transpose(1, 2).to(means.dtype)  # [K, d, l]
-        chol = chol64.to(means.dtype)
+        cinv = torch.linalg.solve_triangular(chol, eye.expand(k, l, l), upper=False)
+        proj = v @ cinv.transpose(1, 2)  # [K, d, l]
         log_noise_sum = log_noise.sum(1) * (d if log_noise.shape[1] == 1 else 1)
-        log_det = 2.0 * torch.diagonal(chol64, dim1=1, dim2=2).log().sum(1).to(means.dtype)
-        log_det = log_det + log_noise_sum
+        log_det = 2.0 * torch.diagonal(chol, dim1=1, dim2=2).log().sum(1) + log_noise_sum
         mc = means - shift
         mean_proj = torch.einsum("kd,kdl->kl", mc, proj)
         mean_quad = (mc.square() * inv_noise).sum(1)
