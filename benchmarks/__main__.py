@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from benchmarks.common import machine
@@ -29,18 +30,25 @@ def main(args: list[str]) -> int:
         print(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(found)}")
         return 2
     print(f"machine: {machine()}")
+    failed = []
     for name in chosen:
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
-        module = importlib.import_module(f"benchmarks.{name}")
-        if not gpu_only:
-            module.main()
-        elif hasattr(module, "gpu"):
-            module.gpu()
-        else:
-            print("(no GPU rows)")
+        try:
+            module = importlib.import_module(f"benchmarks.{name}")
+            if not gpu_only:
+                module.main()
+            elif hasattr(module, "gpu"):
+                module.gpu()
+            else:
+                print("(no GPU rows)")
+        except Exception:  # one broken benchmark must not cost the rows of the others
+            traceback.print_exc()
+            failed.append(name)
         print(f"({name}: {time.perf_counter() - start:.1f} s)", flush=True)
-    return 0
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
