@@ -1,6 +1,6 @@
 """GPU code paths (skipped without CUDA): the EM statistics on the GPU equal the CPU's, and
 every model family trains on one GPU through `gmlab-train`'s code path, writes checkpoints
-that load on the CPU, and gives there the log-likelihoods it gives on the GPU."""
+that load on the CPU, and gives there the outputs it gives on the GPU."""
 
 from __future__ import annotations
 
