@@ -142,3 +142,14 @@ def test_trainer_flags_switch_off_their_callbacks(tmp_path):
         cfg.trainer.enable_checkpointing = False
     _, _, trainer = build(cfg)
     assert "Checkpoint" not in {type(c).__name__ for c in trainer.callbacks}
+
+
+def test_runs_log_no_product_tips(tmp_path, caplog):
+    """Lightning advertises two products at every Trainer start ("💡 Tip: ..."); gmlab's
+    runs keep them out of the logs, and Lightning's other messages in."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
+    build(make_cfg(tmp_path, POINTS))
+    assert "GPU available" in caplog.text  # Lightning's start-up messages are captured
+    assert "Tip" not in caplog.text

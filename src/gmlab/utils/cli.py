@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 
 from omegaconf import DictConfig, OmegaConf
@@ -44,3 +45,17 @@ def require_values(cfg: DictConfig) -> None:
             f"missing required option(s): {names}. Give them on the command line, "
             f"e.g. `{missing[0]}=...`."
         )
+
+
+class _DropProductTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: try installing <product>" lines (two per run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
+
+def hide_lightning_tips() -> None:
+    """Keep Lightning's product advertisements out of run logs (idempotent)."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropProductTips) for f in log.filters):
+        log.addFilter(_DropProductTips())
