@@ -14,6 +14,16 @@
 # 16 MB file limit).
 #
 # usage: scripts/gpu_checks.sh DATA_ROOT OUT [MINUTES]   (DATA_ROOT holds MNIST/raw)
+#
+# On a machine whose Python has torch, Lightning and the scientific stack but where gmlab
+# cannot be pip-installed (the workplace's lent GPU machines), the 2026-11-28 run used:
+#   here:  mkdir -p .gpu/site/hydra_plugins .gpu/mnist  (.gpu/ git-excluded); copy hydra,
+#          omegaconf, antlr4, submitit and hydra_plugins/hydra_submitit_launcher from
+#          .venv/lib/python3.*/site-packages into .gpu/site; gzip ../shared/data/MNIST/raw/*
+#          into .gpu/mnist
+#   there: export PYTHONPATH=$PWD/.gpu/site:$PWD/src:$PWD GMLAB_BENCH_DATA=/tmp/data;
+#          gunzip the files into /tmp/data/MNIST/raw; scripts/gpu_checks.sh /tmp/data $OUT 4
+# (the CLI tests then fail for want of the gmlab-train console script; nothing else should)
 set -u
 DATA=$1
 OUT=$2
