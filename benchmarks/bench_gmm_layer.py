@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import LowRankMultivariateNormal, MultivariateNormal
 
+from benchmarks.common import cuda_synced
 from gmlab.nn.gmm_layer import GaussianMixtureClassifier
 
 IN, DIM, CLASSES, G, BATCH = 128, 128, 10, 1, 64
@@ -72,14 +73,14 @@ def ms_per_step(
     model, x, y = model.to(device), x.to(device), y.to(device)
     opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
 
-    def step():
+    def train_step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device, dtype=amp) if amp else contextlib.nullcontext():
-            log_post = model(x)
-        F.nll_loss(log_post.float(), y).backward()
+            log_post = model(x)  # float32 under autocast too: the layer keeps its math there
+        F.nll_loss(log_post, y).backward()
         opt.step()
-        if device != "cpu":
-            torch.cuda.synchronize()
+
+    step = train_step if device == "cpu" else cuda_synced(train_step)
 
     for _ in range(5):
         step()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import best_time
+from benchmarks.common import best_time, cuda_synced
 
 
 def main() -> None:
@@ -57,11 +57,7 @@ def gpu() -> None:
     n, d, k = 50_000, 12288, 300
     xg = torch.rand(n, d, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
 
-    def run():
-        kmeans(xg, k, n_iter=5, seed=0)
-        torch.cuda.synchronize()
-
-    t = best_time(run, repeats=2)
+    t = best_time(cuda_synced(lambda: kmeans(xg, k, n_iter=5, seed=0)), repeats=2)
     print(f"GPU k-means++ and 5 Lloyd iterations, {n}x{d}, K={k}: {t:.2f} s")
 
 

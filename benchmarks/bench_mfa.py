@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import best_time, matmul_gflops
+from benchmarks.common import best_time, cuda_synced, matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_CANDIDATES = [
@@ -163,11 +163,7 @@ def celeba_gpu_pass() -> float:
     x = torch.rand(n // 4, d, device=dev)  # 50k rows in memory, each pass reads them 4x
     data = torch.cat([x] * 4)
 
-    def run():
-        em_pass(data, mfa, 2000, "diagonal")
-        torch.cuda.synchronize()
-
-    return best_time(run, repeats=2, warmup=1)
+    return best_time(cuda_synced(lambda: em_pass(data, mfa, 2000, "diagonal")), repeats=2)
 
 
 def main() -> None:

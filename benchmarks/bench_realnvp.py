@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import machine, matmul_gflops
+from benchmarks.common import cuda_synced, machine, matmul_gflops
 
 BATCH, SHAPE = 64, (3, 32, 32)
 BLOCKS, FILTERS = 8, 128
@@ -273,13 +273,7 @@ def gpu() -> None:
     steps = {}
     for label, amp in (("float32", "none"), ("bf16 s/t nets", "bf16")):
         model = RealNVP(list(SHAPE), num_blocks=BLOCKS, filters=FILTERS, amp=amp).cuda()
-        step = train_step(model, gmlab_loss(model), x)
-
-        def synced(step=step):
-            step()
-            torch.cuda.synchronize()
-
-        steps[label] = synced
+        steps[label] = cuda_synced(train_step(model, gmlab_loss(model), x))
     with FlopCounterMode(display=False) as counter:
         steps["float32"]()
     tflop_per_image = counter.get_total_flops() / BATCH / 1e12

@@ -21,16 +21,22 @@ def best_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> fl
     return min(times)
 
 
+def cuda_synced(fn: Callable[[], object]) -> Callable[[], None]:
+    """`fn` followed by a wait for the GPU, so that timers see the kernels' end."""
+
+    def run() -> None:
+        fn()
+        torch.cuda.synchronize()
+
+    return run
+
+
 def matmul_gflops(n: int = 2048, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
     """The machine's own dense matmul rate (GFLOP/s) for an n x n x n product."""
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
 
-    def run():
-        a @ b
-        if device != "cpu":
-            torch.cuda.synchronize()
-
+    run = (lambda: a @ b) if device == "cpu" else cuda_synced(lambda: a @ b)
     return 2 * n**3 / best_time(run, repeats=5, warmup=2) / 1e9
 
 

@@ -8,15 +8,10 @@ import pytest
 import torch
 from support.compose import train_config
 from support.devices import NEEDS_GPU
+from support.em import stats_of
 
 from gmlab.data import DigitsDataModule
-from gmlab.distributions.mfa import (
-    MixtureOfFactorAnalyzers,
-    SufficientStats,
-    e_step,
-    init_rnd_samples,
-    m_step,
-)
+from gmlab.distributions.mfa import MixtureOfFactorAnalyzers, init_rnd_samples, m_step
 from gmlab.models.gmm_classifier import GMMClassifier
 from gmlab.models.vae import VAE
 from gmlab.train import train
@@ -26,12 +21,7 @@ pytestmark = NEEDS_GPU
 
 
 def em_step(x: torch.Tensor, mfa: MixtureOfFactorAnalyzers, noise: str) -> dict:
-    stats = SufficientStats.zeros(
-        mfa.n_components, mfa.dim, mfa.n_factors, noise == "isotropic", device=x.device
-    )
-    gauss = mfa.gaussians()
-    for batch in x.split(300):
-        e_step(batch, gauss, mfa.log_weights, stats)
+    gauss, stats = stats_of(mfa, x, batch=300)
     new = m_step(stats, gauss, noise)
     new.pop("reseeded")
     return {"log_lik": stats.log_lik / len(x), **new}

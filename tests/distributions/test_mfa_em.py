@@ -7,6 +7,7 @@ from scipy.stats import multivariate_normal
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA, FactorAnalysis
 from sklearn.mixture import GaussianMixture
+from support.em import stats_of
 
 from gmlab.distributions.mfa import (
     MixtureOfFactorAnalyzers,
@@ -27,15 +28,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def digits():
     x = torch.from_numpy(load_digits().data).to(F64) / 16  # [1797, 64], constant borders
     return x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=F64)
-
-
-def stats_of(m, x, batch=None, **kw):
-    g = m.gaussians()
-    st = SufficientStats.zeros(m.n_components, m.dim, m.n_factors, m.noise == "isotropic")
-    batch = batch or len(x)
-    for i in range(0, len(x), batch):
-        e_step(x[i : i + batch], g, m.log_weights.detach(), st, **kw)
-    return g, st
 
 
 def run_em(m, x, passes, batch=None, floor=1e-9, min_count=1e-3, reg=0.0):

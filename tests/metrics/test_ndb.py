@@ -9,6 +9,7 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import binom, chi2_contingency, norm
 from sklearn.datasets import load_digits
+from support.devices import NEEDS_GPU
 
 from gmlab.metrics import NDB, ndb_score
 from gmlab.metrics.ndb import js_divergence, two_proportion_z_test
@@ -237,7 +238,7 @@ def test_inputs_state_dict_and_errors(tmp_path):
         NDB(alpha=1.5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@NEEDS_GPU
 def test_cuda_matches_cpu():
     x, _ = gmm(5000)
     q, _ = gmm(2000, seed=1)

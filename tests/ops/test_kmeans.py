@@ -5,6 +5,7 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits
+from support.devices import NEEDS_GPU
 
 from gmlab.ops import assign, inertia, kmeans, kmeans_plusplus
 
@@ -138,7 +139,7 @@ def test_tol_stops_early(digits):
     assert inertia(digits, c_tol) <= 1.05 * inertia(digits, c_full)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@NEEDS_GPU
 def test_cuda_matches_cpu(digits):
     init = kmeans_plusplus(digits, 10, seed=0)
     c_cpu, l_cpu = kmeans(digits, 10, init=init, n_iter=300)

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from gmlab.ops.linalg import cholesky_float64_retry
+
 __all__ = [
     "LOG_2PI",
     "LowRankGaussians",
@@ -113,13 +115,13 @@ class LowRankGaussians:
         inv_noise = torch.exp(-log_noise)
         v = factors * inv_noise.unsqueeze(-1)  # [K, d, l]  D^-1 A
         eye = torch.eye(l, dtype=means.dtype, device=means.device)
-        lmat = eye + factors.transpose(1, 2) @ v  # [K, l, l]  L = I + A^T D^-1 A
-        chol, info = torch.linalg.cholesky_ex(lmat)
-        if bool((info > 0).any()):
-            # with a tiny noise floor and nearly collinear factors the Gram term reaches
-            # ~1e9, where float32 rounding (~1e2) swamps the identity: redo it in float64
-            gram = factors.transpose(1, 2).double() @ v.double()
-            chol = torch.linalg.cholesky(eye.double() + gram).to(means.dtype)
+
+        def lmat(dtype: torch.dtype) -> Tensor:  # [K, l, l]  L = I + A^T D^-1 A
+            return eye.to(dtype) + factors.transpose(1, 2).to(dtype) @ v.to(dtype)
+
+        # with a tiny noise floor and nearly collinear factors the Gram term reaches ~1e9,
+        # where float32 rounding (~1e2) swamps the identity: such L are redone in float64
+        chol = cholesky_float64_retry(lmat, means.dtype)
         # P = V C^-T through the tiny [K, l, l] inverse (a wide triangular solve is slow)
         cinv = torch.linalg.solve_triangular(chol, eye.expand(k, l, l), upper=False)
         proj = v @ cinv.transpose(1, 2)  # [K, d, l]

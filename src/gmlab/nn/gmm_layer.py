@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmlab.errors import ShapeError
+from gmlab.ops.linalg import cholesky_float64_retry
 
 COVARIANCES = ("diag", "tril", "full", "lowrank")
 
@@ -218,19 +219,17 @@ class GaussianMixtureClassifier(nn.Module):
         """Cholesky factor of A A^T + floor^2 I. When float32 rounding (relative ~1e-7 in
         A A^T) breaks the factorisation of an ill-conditioned covariance, it is redone in
         float64."""
-        for work in (dtype, torch.float64):
-            a = self.cov_factor.to(work)
-            eye = torch.eye(self.dim, dtype=work, device=a.device)
-            chol, info = torch.linalg.cholesky_ex(a @ a.mT + self.floor**2 * eye)
-            if not bool((info > 0).any()):
-                return chol.to(dtype)
-        raise FloatingPointError(
-            "GaussianMixtureClassifier(covariance='full'): a covariance is not positive "
-            "definite even in float64; raise `floor` or use covariance='tril'"
-        )
+        try:
+            return cholesky_float64_retry(self.covariance_matrix, dtype)
+        except torch.linalg.LinAlgError as exc:
+            raise FloatingPointError(
+                "GaussianMixtureClassifier(covariance='full'): a covariance is not positive "
+                "definite even in float64; raise `floor` or use covariance='tril'"
+            ) from exc
 
     def covariance_matrix(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """[K, d, d] dense covariances (for inspection and tests; not used in training)."""
+        """[K, d, d] dense covariances ("full": what the Cholesky factor is taken of; the
+        other types use it only for inspection and tests)."""
         dtype = dtype or self.means.dtype
         if self.covariance == "lowrank":
             w = self.cov_factor.to(dtype)
