@@ -153,3 +153,16 @@ def test_runs_log_no_product_tips(tmp_path, caplog):
     build(make_cfg(tmp_path, POINTS))
     assert "GPU available" in caplog.text  # Lightning's start-up messages are captured
     assert "Tip" not in caplog.text
+
+
+def test_max_time_option_bounds_the_run(tmp_path):
+    """`trainer.max_time=DD:HH:MM:SS` is a plain override (in conf/trainer/default.yaml) and
+    reaches Lightning's Timer as that duration."""
+    import datetime
+
+    from lightning.pytorch.callbacks import Timer
+
+    _, _, trainer = build(make_cfg(tmp_path, [*POINTS, "trainer.max_time=00:01:02:03"]))
+    timers = [cb for cb in trainer.callbacks if isinstance(cb, Timer)]
+    assert len(timers) == 1
+    assert timers[0]._duration == datetime.timedelta(hours=1, minutes=2, seconds=3).total_seconds()
