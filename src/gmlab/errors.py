@@ -20,3 +20,8 @@ class NonFiniteError(GmlabError, FloatingPointError):
 
 class CheckpointMismatchError(GmlabError):
     """A checkpoint does not fit the model or config it is loaded into."""
+
+
+class SingularCovarianceError(GmlabError, FloatingPointError):
+    """A covariance (or its low-rank capacitance matrix) is not positive definite even when
+    factored in float64."""

@@ -121,7 +121,13 @@ class LowRankGaussians:
 
         # with a tiny noise floor and nearly collinear factors the Gram term reaches ~1e9,
         # where float32 rounding (~1e2) swamps the identity: such L are redone in float64
-        chol = cholesky_float64_retry(lmat, means.dtype)
+        chol = cholesky_float64_retry(
+            lmat,
+            means.dtype,
+            what="I + A^T D^-1 A of component",
+            remedy="Its noise variances are tiny against its factors: raise the noise floor "
+            "(model.noise_floor) or lower the latent dimension.",
+        )
         # P = V C^-T through the tiny [K, l, l] inverse (a wide triangular solve is slow)
         cinv = torch.linalg.solve_triangular(chol, eye.expand(k, l, l), upper=False)
         proj = v @ cinv.transpose(1, 2)  # [K, d, l]

@@ -219,13 +219,12 @@ class GaussianMixtureClassifier(nn.Module):
         """Cholesky factor of A A^T + floor^2 I. When float32 rounding (relative ~1e-7 in
         A A^T) breaks the factorisation of an ill-conditioned covariance, it is redone in
         float64."""
-        try:
-            return cholesky_float64_retry(self.covariance_matrix, dtype)
-        except torch.linalg.LinAlgError as exc:
-            raise FloatingPointError(
-                "GaussianMixtureClassifier(covariance='full'): a covariance is not positive "
-                "definite even in float64; raise `floor` or use covariance='tril'"
-            ) from exc
+        return cholesky_float64_retry(
+            self.covariance_matrix,
+            dtype,
+            what="GaussianMixtureClassifier(covariance='full'): covariance of component",
+            remedy="Raise `floor` (model.floor) or use covariance='tril'.",
+        )
 
     def covariance_matrix(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """[K, d, d] dense covariances ("full": what the Cholesky factor is taken of; the
