@@ -155,6 +155,28 @@ def test_runs_log_no_product_tips(tmp_path, caplog):
     assert "Tip" not in caplog.text
 
 
+def test_runs_hide_only_torchs_leafspec_notice_about_lightning():
+    """torch >= 2.10 warns about `LeafSpec` from inside Lightning's pytree code on every fit;
+    runs drop that one notice and keep every other FutureWarning."""
+    import warnings
+
+    from gmlab.utils.cli import quiet_lightning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_lightning()
+        for message, category in [
+            ("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning),
+            ("`isinstance(treespec, LeafSpec)` is deprecated", DeprecationWarning),
+            ("some other deprecation", FutureWarning),
+        ]:
+            warnings.warn(message, category, stacklevel=1)
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (DeprecationWarning, "`isinstance(treespec, LeafSpec)` is deprecated"),
+        (FutureWarning, "some other deprecation"),
+    ]
+
+
 def test_max_time_option_bounds_the_run(tmp_path):
     """`trainer.max_time=DD:HH:MM:SS` is a plain override (in conf/trainer/default.yaml) and
     reaches Lightning's Timer as that duration."""

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from gmlab.callbacks import EpochSeed
 from gmlab.errors import GmlabError
 from gmlab.utils.checkpoint import load_model, read_checkpoint
-from gmlab.utils.cli import hide_lightning_tips, require_values, user_errors
+from gmlab.utils.cli import quiet_lightning, require_values, user_errors
 from gmlab.utils.instantiate import instantiate_loggers
 from gmlab.utils.runs import PROJECT_ROOT, finish_run, plain_config, scalar_metrics
 
@@ -50,7 +50,7 @@ def ndb_metrics(model, datamodule, cfg: DictConfig) -> dict[str, float]:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     require_values(cfg)
-    hide_lightning_tips()
+    quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     checkpoint = read_checkpoint(cfg.ckpt_path)
     model = load_model(cfg.ckpt_path)

@@ -16,7 +16,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from gmlab.utils.checkpoint import check_compatible
-from gmlab.utils.cli import hide_lightning_tips, require_values, user_errors
+from gmlab.utils.cli import quiet_lightning, require_values, user_errors
 from gmlab.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from gmlab.utils.runs import PROJECT_ROOT, finish_run, plain_config, scalar_metrics
 
@@ -48,7 +48,7 @@ def build(cfg: DictConfig):
     """Instantiate (datamodule, model, trainer) from a composed config."""
     import torch
 
-    hide_lightning_tips()
+    quiet_lightning()
     gpu = job_gpu(cfg, _multirun_job_num(), torch.cuda.device_count())
     if gpu is not None:
         cfg.trainer.devices = gpu

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -54,8 +55,13 @@ class _DropProductTips(logging.Filter):
         return not record.getMessage().startswith("💡 Tip")
 
 
-def hide_lightning_tips() -> None:
-    """Keep Lightning's product advertisements out of run logs (idempotent)."""
+def quiet_lightning() -> None:
+    """Keep two kinds of noise out of run logs (idempotent): Lightning's product
+    advertisements, and torch's FutureWarning about `LeafSpec` that Lightning's own pytree
+    code (not gmlab's, not the user's) triggers on every fit with torch >= 2.10."""
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropProductTips) for f in log.filters):
         log.addFilter(_DropProductTips())
+    warnings.filterwarnings(
+        "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
+    )
