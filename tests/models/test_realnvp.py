@@ -15,7 +15,7 @@ from torch.autograd.functional import jacobian
 from gmlab.data import DigitsDataModule
 from gmlab.errors import ShapeError
 from gmlab.models.realnvp import RealNVP, standard_normal_log_prob
-from gmlab.nn.flows import AffineCoupling, FactorOut, Squeeze
+from gmlab.nn.flows import AffineCoupling, BatchNormFlow, FactorOut, Flow, Squeeze
 from gmlab.utils.checkpoint import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -33,7 +33,7 @@ def randomized(model: RealNVP, seed: int = 0) -> RealNVP:
 
 
 def test_architecture_is_the_papers_32x32_stack():
-    model = RealNVP([3, 32, 32], num_blocks=2, filters=16)
+    model = RealNVP([3, 32, 32], num_blocks=2, filters=16, norm=None)
     logit, scale0 = model.flow
     kinds = [
         (type(f).__name__, getattr(f, "mask", None), getattr(f, "channels", None)) for f in scale0
@@ -58,6 +58,13 @@ def test_architecture_is_the_papers_32x32_stack():
     assert [f.parity for f in scale0 if isinstance(f, AffineCoupling)] == [0, 1, 0, 0, 1, 0]
     assert logit.alpha == 0.05
     assert model.flow.output_shape((3, 32, 32)) == (3, 32, 32)
+
+
+def test_default_has_batch_norm_after_every_coupling():
+    layers = [m for m in RealNVP([1, 8, 8], **TINY).flow.modules() if isinstance(m, Flow)]
+    couplings = [i for i, m in enumerate(layers) if isinstance(m, AffineCoupling)]
+    assert len(couplings) == 10
+    assert all(isinstance(layers[i + 1], BatchNormFlow) for i in couplings)
 
 
 def test_deeper_multiscale_stack_for_64x64():
@@ -129,9 +136,12 @@ def test_fresh_model_bpd_on_uniform_noise_is_analytic(alpha):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_bf16_autocast_keeps_float32_log_likelihood(device):
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_bf16_autocast_keeps_float32_log_likelihood(device, norm):
+    """bf16 s/t nets change bits/dim by bf16 rounding only (randomized batch-norm scales
+    push a fresh model's bits/dim to ~100: hence the relative tolerance)."""
     torch.manual_seed(3)
-    model = randomized(RealNVP([1, 8, 8], amp="none", **TINY)).eval().to(device)
+    model = randomized(RealNVP([1, 8, 8], amp="none", norm=norm, **TINY)).eval().to(device)
     x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8, device=device)
     torch.manual_seed(4)
     ll32 = model.log_likelihood(x)
@@ -139,7 +149,7 @@ def test_bf16_autocast_keeps_float32_log_likelihood(device):
     torch.manual_seed(4)
     ll16 = model.log_likelihood(x)
     assert ll16.dtype == torch.float32
-    assert torch.allclose(model.to_bits(ll16), model.to_bits(ll32), atol=0.05)
+    assert torch.allclose(model.to_bits(ll16), model.to_bits(ll32), rtol=1e-2, atol=0.05)
 
 
 def test_sampling_shapes_range_temperature_and_mode():
