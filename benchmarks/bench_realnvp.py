@@ -31,6 +31,8 @@ from benchmarks.common import cuda_synced, machine, matmul_gflops
 
 BATCH, SHAPE = 64, (3, 32, 32)
 BLOCKS, FILTERS = 8, 128
+# the reference has no batch norm: gmlab's model without it (norm=None) is the same flow
+ARCH = {"num_blocks": BLOCKS, "filters": FILTERS, "norm": None}
 
 
 # ------------------------------------------------------------------ reference
@@ -211,9 +213,7 @@ def main() -> None:
     x = torch.randint(0, 256, (BATCH, *SHAPE), dtype=torch.uint8)
 
     # identical loss: the same weights in both implementations, the same dequantization noise
-    model = RealNVP(
-        list(SHAPE), num_blocks=BLOCKS, filters=FILTERS, amp="none", channels_last=False
-    )
+    model = RealNVP(list(SHAPE), **ARCH, amp="none", channels_last=False)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))  # move well off the identity init
@@ -239,7 +239,7 @@ def main() -> None:
         ("gmlab float32 channels-last", "none", True),
         ("gmlab bf16 s/t nets, channels-last", "bf16", True),
     ):
-        model = RealNVP(list(SHAPE), num_blocks=BLOCKS, filters=FILTERS, amp=amp, channels_last=cl)
+        model = RealNVP(list(SHAPE), **ARCH, amp=amp, channels_last=cl)
         steps[label] = train_step(model, gmlab_loss(model), x)
     rates = best_rates(steps)
     # the work of one step (both implementations do the same convolutions), against the
@@ -272,7 +272,7 @@ def gpu() -> None:
     x = torch.randint(0, 256, (BATCH, *SHAPE), dtype=torch.uint8, device="cuda")
     steps = {}
     for label, amp in (("float32", "none"), ("bf16 s/t nets", "bf16")):
-        model = RealNVP(list(SHAPE), num_blocks=BLOCKS, filters=FILTERS, amp=amp).cuda()
+        model = RealNVP(list(SHAPE), **ARCH, amp=amp).cuda()
         steps[label] = cuda_synced(train_step(model, gmlab_loss(model), x))
     with FlopCounterMode(display=False) as counter:
         steps["float32"]()
