@@ -202,6 +202,30 @@ def gmlab_loss(model):
     return loss
 
 
+def same_weights_losses(x_raw: torch.Tensor) -> tuple[float, float, float]:
+    """Mean bpd of uint8 images [B, 3, 32, 32] under the reference and under gmlab's model
+    (float32, then bf16 s/t nets) with the same random weights and dequantization noise:
+    the evidence that both implementations train on an identical loss."""
+    from gmlab.models.realnvp import RealNVP
+
+    torch.manual_seed(0)
+    model = RealNVP(list(SHAPE), **ARCH, amp="none", channels_last=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # move well off the identity init
+    ref = RefRealNVP()
+    copy_into_reference(model, ref)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        ours = gmlab_loss(model)(x_raw).item()
+        torch.manual_seed(1)
+        theirs = ref.loss(x_raw).item()
+        model.hparams.amp = "bf16"
+        torch.manual_seed(1)
+        ours_bf16 = gmlab_loss(model)(x_raw).item()
+    return theirs, ours, ours_bf16
+
+
 def main() -> None:
     from gmlab.models.realnvp import RealNVP
 
@@ -212,27 +236,13 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randint(0, 256, (BATCH, *SHAPE), dtype=torch.uint8)
 
-    # identical loss: the same weights in both implementations, the same dequantization noise
-    model = RealNVP(list(SHAPE), **ARCH, amp="none", channels_last=False)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))  # move well off the identity init
-    ref = RefRealNVP()
-    copy_into_reference(model, ref)
-    xs = x[:8]
-    with torch.no_grad():
-        torch.manual_seed(1)
-        ours = gmlab_loss(model)(xs).item()
-        torch.manual_seed(1)
-        theirs = ref.loss(xs).item()
-        model.hparams.amp = "bf16"
-        torch.manual_seed(1)
-        ours_bf16 = gmlab_loss(model)(xs).item()
+    theirs, ours, ours_bf16 = same_weights_losses(x[:8])
     print(
         f"loss on the same weights and noise: reference {theirs:.6f} bpd, gmlab {ours:.6f} "
         f"(diff {ours - theirs:+.1e}), gmlab bf16 s/t nets {ours_bf16:.6f} bpd"
     )
 
+    ref = RefRealNVP()
     steps = {"reference (masks multiplied, NCHW, float32)": train_step(ref, ref.loss, x)}
     for label, amp, cl in (
         ("gmlab float32 NCHW", "none", False),

@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_limits
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
+sys.path.insert(1, str(REPO))  # benchmarks/ (tests/test_benchmarks.py)
 
 os.environ.setdefault("GMLAB_ROOT", str(REPO))
 
