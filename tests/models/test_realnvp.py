@@ -67,6 +67,17 @@ def test_default_has_batch_norm_after_every_coupling():
     assert all(isinstance(layers[i + 1], BatchNormFlow) for i in couplings)
 
 
+def test_net_norm_puts_batch_norm_after_every_conv_but_the_last():
+    def batch_norms(model):
+        return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    assert batch_norms(RealNVP([1, 8, 8], **TINY)) == []
+    model = RealNVP([1, 8, 8], net_norm="batch", **{**TINY, "num_blocks": 2})
+    assert len(batch_norms(model)) == 10 * (1 + 2 * 2)  # 10 couplings: inp + 2 per block
+    with pytest.raises(ValueError, match="net_norm"):
+        RealNVP([1, 8, 8], net_norm="act", **TINY)
+
+
 def test_deeper_multiscale_stack_for_64x64():
     model = RealNVP([3, 64, 64], num_scales=5, num_blocks=1, filters=4, filter_growth=2.0)
     squeezes = [m for m in model.flow.modules() if isinstance(m, Squeeze)]
@@ -79,10 +90,11 @@ def test_deeper_multiscale_stack_for_64x64():
 
 
 @pytest.mark.parametrize("norm", [None, "batch", "act"])
+@pytest.mark.parametrize("net_norm", [None, "batch"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_whole_flow_inverts_exactly(norm, mode):
+def test_whole_flow_inverts_exactly(norm, net_norm, mode):
     torch.manual_seed(0)
-    model = randomized(RealNVP([3, 8, 8], norm=norm, **TINY))
+    model = randomized(RealNVP([3, 8, 8], norm=norm, net_norm=net_norm, **TINY))
     model.train(mode == "train")
     y = torch.rand(6, 3, 8, 8)
     z, log_det = model.flow(y)
@@ -92,9 +104,10 @@ def test_whole_flow_inverts_exactly(norm, mode):
     assert torch.allclose(log_det_inv, -log_det, rtol=1e-4, atol=1e-2)
 
 
-def test_whole_flow_log_det_and_density_match_brute_force_jacobian():
+@pytest.mark.parametrize("net_norm", [None, "batch"])
+def test_whole_flow_log_det_and_density_match_brute_force_jacobian(net_norm):
     torch.manual_seed(1)
-    model = randomized(RealNVP([2, 4, 4], **TINY)).double().eval()
+    model = randomized(RealNVP([2, 4, 4], net_norm=net_norm, **TINY)).double().eval()
     y = torch.rand(2, 2, 4, 4, dtype=torch.float64) * 0.9 + 0.05
     z, log_det = model.flow(y)
     for i in range(2):

@@ -45,6 +45,7 @@ from gmlab.nn.flows import (
 )
 
 NORMS = (None, "batch", "act")
+NET_NORMS = (None, "batch")
 AMP = ("auto", "bf16", "none")
 
 
@@ -58,10 +59,13 @@ def build_realnvp(
     alpha: float = 0.05,
     norm: str | None = None,
     channels_last: bool = False,
+    net_norm: str | None = None,
 ) -> Composition:
     """The RealNVP flow over unit-cube images of `shape` (C, H, W); output has that shape."""
     if norm not in NORMS:
         raise ValueError(f"realnvp norm must be one of {NORMS}, got {norm!r}")
+    if net_norm not in NET_NORMS:
+        raise ValueError(f"realnvp net_norm must be one of {NET_NORMS}, got {net_norm!r}")
     c, h, w = shape
     if num_scales < 1:
         raise ValueError(f"num_scales must be >= 1, got {num_scales}")
@@ -74,7 +78,14 @@ def build_realnvp(
 
     def coupling(channels: int, mask: str, parity: int, width: int) -> list[Flow]:
         layer = AffineCoupling(
-            channels, mask, parity, num_blocks, width, kernel_size, channels_last
+            channels,
+            mask,
+            parity,
+            num_blocks,
+            width,
+            kernel_size,
+            channels_last,
+            net_norm == "batch",
         )
         if norm == "batch":
             return [layer, BatchNormFlow(channels)]
@@ -116,6 +127,8 @@ class RealNVP(GenerativeModel):
             binarization).
         num_scales, num_blocks, filters, filter_growth, kernel_size, alpha, norm: the flow
             (`build_realnvp`).
+        net_norm: "batch" puts batch norm inside the s/t ResNets too (the paper's nets);
+            null: weight norm alone.
         lr: Adam learning rate (paper: 1e-3; seed: 3e-4).
         weight_decay: L2 penalty on the weight-norm scales g (the paper's regularizer).
         max_grad_norm: clip the global gradient norm to this (null: no clipping).
@@ -138,6 +151,7 @@ class RealNVP(GenerativeModel):
         kernel_size: int = 3,
         alpha: float = 0.05,
         norm: str | None = "batch",
+        net_norm: str | None = None,
         lr: float = 3e-4,
         weight_decay: float = 5e-5,
         max_grad_norm: float | None = 100.0,
@@ -167,6 +181,7 @@ class RealNVP(GenerativeModel):
             alpha,
             norm,
             channels_last,
+            net_norm,
         )
         if compile:
             self.flow.compile()  # one graph for the whole normalizing direction

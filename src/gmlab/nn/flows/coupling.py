@@ -27,25 +27,36 @@ def wn_conv(in_channels: int, out_channels: int, kernel_size: int, zero: bool = 
     return conv
 
 
-class ResidualBlock(nn.Module):
-    """x + conv1x1(relu(conv kxk(relu(conv1x1(x))))) with a filters/2 bottleneck."""
+def batch_norm_or_identity(channels: int, norm: bool) -> nn.Module:
+    """BatchNorm2d(channels) when `norm`, else a no-op (and no state-dict entries)."""
+    return nn.BatchNorm2d(channels) if norm else nn.Identity()
 
-    def __init__(self, filters: int, kernel_size: int = 3) -> None:
+
+class ResidualBlock(nn.Module):
+    """x + conv1x1(relu(bn(conv kxk(relu(bn(conv1x1(x))))))) with a filters/2 bottleneck;
+    the batch norms only with `norm=True`."""
+
+    def __init__(self, filters: int, kernel_size: int = 3, norm: bool = False) -> None:
         super().__init__()
         self.reduce = wn_conv(filters, filters // 2, 1)
+        self.reduce_norm = batch_norm_or_identity(filters // 2, norm)
         self.conv = wn_conv(filters // 2, filters // 2, kernel_size)
+        self.conv_norm = batch_norm_or_identity(filters // 2, norm)
         self.expand = wn_conv(filters // 2, filters, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.reduce(x), inplace=True)
-        h = F.relu(self.conv(h), inplace=True)
+        h = F.relu(self.reduce_norm(self.reduce(x)), inplace=True)
+        h = F.relu(self.conv_norm(self.conv(h)), inplace=True)
         return self.expand(h).add_(x)  # in place: a conv's backward never needs its output
 
 
 class ResNet(nn.Module):
     """The scale/translation network of a coupling: conv kxk -> ReLU -> `num_blocks`
     bottleneck residual blocks -> ReLU -> conv kxk, every conv weight-normalized, the last
-    one zero-initialized (so a fresh coupling is the identity).
+    one zero-initialized (so a fresh coupling is the identity). With `norm`, batch norm
+    follows every conv but the last (the paper's s/t nets): the net only conditions the
+    coupling, so the flow stays exactly invertible and its log-det exact (in training mode
+    the s/t values of a sample depend on its batch, as with batch norm in the flow itself).
 
     Args:
         in_channels, out_channels: channels of the input and of the output (2 x the
@@ -53,6 +64,7 @@ class ResNet(nn.Module):
         num_blocks, filters, kernel_size: depth, width and kernel of the residual stack.
         channels_last: run the convolutions in channels-last memory format (faster with
             oneDNN on CPU).
+        norm: batch norm after the convolutions (see above).
     """
 
     def __init__(
@@ -63,19 +75,21 @@ class ResNet(nn.Module):
         filters: int = 128,
         kernel_size: int = 3,
         channels_last: bool = False,
+        norm: bool = False,
     ) -> None:
         super().__init__()
         self.channels_last = channels_last
         self.inp = wn_conv(in_channels, filters, kernel_size)
+        self.inp_norm = batch_norm_or_identity(filters, norm)
         self.blocks = nn.Sequential(
-            *(ResidualBlock(filters, kernel_size) for _ in range(num_blocks))
+            *(ResidualBlock(filters, kernel_size, norm) for _ in range(num_blocks))
         )
         self.out = wn_conv(filters, out_channels, kernel_size, zero=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        h = F.relu(self.inp(x), inplace=True)
+        h = F.relu(self.inp_norm(self.inp(x)), inplace=True)
         h = F.relu(self.blocks(h), inplace=True)
         return self.out(h)
 
@@ -104,7 +118,8 @@ class AffineCoupling(Flow):
 
     The net's output is cast to the input's precision (at least float32) before tanh /
     exp, so under bf16 autocast only the convolutions run in bf16 and the flow's values and
-    log-det stay in float32.
+    log-det stay in float32. `num_blocks`, `filters`, `kernel_size`, `channels_last` and
+    `net_norm` (batch norm inside the net) shape the s/t `ResNet`.
     """
 
     def __init__(
@@ -116,6 +131,7 @@ class AffineCoupling(Flow):
         filters: int = 128,
         kernel_size: int = 3,
         channels_last: bool = False,
+        net_norm: bool = False,
     ) -> None:
         super().__init__()
         if mask not in MASKS:
@@ -126,7 +142,9 @@ class AffineCoupling(Flow):
         self.parity = int(parity)
         self.channels = channels
         in_ch, out_ch = (channels, channels) if mask == "checkerboard" else (channels // 2,) * 2
-        self.net = ResNet(in_ch, 2 * out_ch, num_blocks, filters, kernel_size, channels_last)
+        self.net = ResNet(
+            in_ch, 2 * out_ch, num_blocks, filters, kernel_size, channels_last, net_norm
+        )
         self.scale = nn.Parameter(torch.ones(1, out_ch, 1, 1))
 
     def _check(self, x: torch.Tensor) -> None:
