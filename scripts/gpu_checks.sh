@@ -4,7 +4,7 @@
 #   1. the GPU rows of the benchmarks (`python -m benchmarks --gpu`) on a quiet GPU;
 #   2. GPU training runs of the presets, side by side on the one GPU, each stopped after
 #      MINUTES by trainer.max_time (or at its own epoch count) and then tested:
-#      realnvp_mnist (batch 256), vae_mnist / vae_mog_mnist and the *_wide presets (test NLL
+#      realnvp_mnist (batch 256; with and without batch norm in the s/t nets), vae_mnist / vae_mog_mnist and the *_wide presets (test NLL
 #      = IWAE bound, k = 5000), gmm_classifier_mnist under bf16-mixed precision, mfa_mnist,
 #      and a two-seed mfa_digits multirun through the local_gpus launcher;
 #   3. meanwhile the suite's GPU tests (tests/test_gpu.py and every test parametrized over
@@ -47,6 +47,8 @@ run() {  # run NAME OVERRIDES...: one preset on the GPU, in the background
     >"$RUNS/$name.log" 2>&1 &
 }
 run realnvp_mnist experiment=realnvp_mnist data.batch_size=256 trainer.max_epochs=-1
+run realnvp_mnist_net_norm experiment=realnvp_mnist data.batch_size=256 trainer.max_epochs=-1 \
+  model.net_norm=batch
 run vae_mnist experiment=vae_mnist model.eval.iwae_k=5000
 run vae_mog_mnist experiment=vae_mog_mnist model.eval.iwae_k=5000
 run vae_mnist_wide experiment=vae_mnist_wide
