@@ -247,3 +247,36 @@ def test_short_training_lowers_test_bpd_and_checkpoint_loads_weights_only(tmp_pa
     restored = load_model(path)
     assert isinstance(restored, RealNVP)
     assert test_bpd(restored) == pytest.approx(after, abs=1e-5)
+
+
+def test_validation_and_test_recalibrate_batch_norm_on_recent_training_batches(tmp_path):
+    """With the momentum averages frozen at their initial (0, 1), only the recalibration
+    before validation and before test (`recalibrate_batch_norm` on the stored training
+    batches, whose exactness tests/nn/test_flows.py checks) can move running statistics."""
+    torch.manual_seed(8)
+    data = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
+    model = RealNVP([1, 8, 8], num_blocks=1, filters=8, lr=3e-3, bn_calibration_batches=2)
+    layers = [m for m in model.modules() if isinstance(m, BatchNormFlow)]
+    for layer in layers:
+        layer.momentum = 0.0
+
+    def moved() -> bool:
+        return any(layer.running_mean.abs().max() > 0.01 for layer in layers)
+
+    trainer = L.Trainer(
+        max_steps=30,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=data)
+    assert moved() and len(model.recent_batches) == 2
+    assert all(layer.momentum == 0.0 for layer in layers)  # restored after recalibrating
+    for layer in layers:
+        layer.running_mean.zero_(), layer.running_var.fill_(1.0)
+    trainer.test(model, datamodule=data, verbose=False)
+    assert moved()

@@ -20,6 +20,7 @@ from gmlab.nn.flows import (
     UniformDequantization,
     Unsqueeze,
     checkerboard,
+    recalibrate_batch_norm,
     squeeze2d,
 )
 
@@ -258,3 +259,47 @@ def test_wrong_shapes_are_clear_errors():
         AffineCoupling(3, "channel")
     with pytest.raises(ShapeError, match="even number of channels"):
         FactorOut(Squeeze())(torch.zeros(1, 3, 4, 4))
+
+
+def test_recalibrated_batch_norm_statistics_are_exact_batch_averages():
+    """One batch: the eval-mode flow (running statistics) then equals the training-mode
+    flow on that batch (batch statistics). Three batches: the first layer's running mean /
+    variance are the plain averages of the batches' own per-channel means / variances."""
+    torch.manual_seed(0)
+    flow = Composition(batch_norm(), coupling("checkerboard", 0), batch_norm()).double()
+    flow[2].momentum = 0.3
+    flow.eval()
+    x = torch.randn(8, 4, 4, 4, dtype=torch.float64) * 2 + 1
+    assert recalibrate_batch_norm(flow, [x], flow) == 1
+    assert not flow.training and flow[2].momentum == 0.3  # restored
+    z_eval, ld_eval = flow(x)
+    flow.train()
+    z_train, ld_train = flow(x)
+    torch.testing.assert_close(z_eval, z_train)
+    torch.testing.assert_close(ld_eval, ld_train)
+
+    batches = [torch.randn(8, 4, 4, 4, dtype=torch.float64) * s + s for s in (0.5, 1.0, 3.0)]
+    assert recalibrate_batch_norm(flow, batches, flow) == 3
+    assert flow.training
+    dims = [0, 2, 3]
+    mean = torch.stack([b.mean(dims) for b in batches]).mean(0)
+    var = torch.stack([b.var(dims, unbiased=False) for b in batches]).mean(0)
+    torch.testing.assert_close(flow[0].running_mean, mean)
+    torch.testing.assert_close(flow[0].running_var, var)
+
+    before = flow[0].running_mean.clone()
+    assert recalibrate_batch_norm(flow, [], flow) == 0  # nothing to average: unchanged
+    torch.testing.assert_close(flow[0].running_mean, before)
+
+
+def test_recalibration_covers_torch_batch_norm_inside_the_nets():
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3)).double()
+    net[1].running_mean.fill_(5.0)
+    batches = [torch.randn(6, 2, 3, 3, dtype=torch.float64) + i for i in range(2)]
+    assert recalibrate_batch_norm(net, batches, net) == 2
+    assert net[1].momentum == 0.1
+    with torch.no_grad():
+        h = [net[0](b) for b in batches]
+    expected = torch.stack([v.mean([0, 2, 3]) for v in h]).mean(0)
+    torch.testing.assert_close(net[1].running_mean, expected)

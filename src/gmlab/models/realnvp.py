@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import deque
 
 import torch
 
@@ -42,6 +43,7 @@ from gmlab.nn.flows import (
     Logit,
     Squeeze,
     Unsqueeze,
+    recalibrate_batch_norm,
 )
 
 NORMS = (None, "batch", "act")
@@ -138,6 +140,9 @@ class RealNVP(GenerativeModel):
         compile: `torch.compile` the flow's normalizing direction (training and density
             evaluation; sampling stays eager). Off by default: minutes to start on a CPU.
         sample_temperature: standard deviation of the base distribution in `sample`.
+        bn_calibration_batches: before every validation and test, the batch norms' running
+            statistics are recomputed with the current weights over the last this-many
+            training batches (`recalibrate_batch_norm`; 0: keep the momentum averages).
     """
 
     def __init__(
@@ -159,6 +164,7 @@ class RealNVP(GenerativeModel):
         channels_last: bool = True,
         compile: bool = False,
         sample_temperature: float = 1.0,
+        bn_calibration_batches: int = 20,
     ) -> None:
         super().__init__(data_shape, preprocess)
         self.save_hyperparameters()
@@ -183,6 +189,7 @@ class RealNVP(GenerativeModel):
             channels_last,
             net_norm,
         )
+        self.recent_batches: deque[torch.Tensor] = deque(maxlen=bn_calibration_batches)
         if compile:
             self.flow.compile()  # one graph for the whole normalizing direction
 
@@ -205,11 +212,28 @@ class RealNVP(GenerativeModel):
         return self.log_prob(y) + log_det
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.recent_batches.maxlen:
+            self.recent_batches.append(batch[0].detach())
         y, log_det = self.prepare(batch[0], train=True)
         loss = self.to_bits(self.log_prob(y) + log_det).mean()
         self.check_finite(loss, "train/loss", batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=y.shape[0])
         return loss
+
+    def recalibrate_batch_norm(self) -> int:
+        """Running batch-norm statistics := exact averages over `recent_batches` (freshly
+        dequantized) under the current weights; returns the number of batches used."""
+
+        def push(x_raw: torch.Tensor) -> None:
+            self.log_prob(self.prepare(x_raw, train=True)[0])
+
+        return recalibrate_batch_norm(self.flow, self.recent_batches, push)
+
+    def on_validation_epoch_start(self) -> None:
+        self.recalibrate_batch_norm()  # a no-op before the first training batch
+
+    def on_test_epoch_start(self) -> None:
+        self.recalibrate_batch_norm()
 
     # ------------------------------------------------------------ sampling
     @torch.no_grad()

@@ -5,7 +5,7 @@
 from gmlab.nn.flows.base import Composition, Flow, sum_except_batch, zero_log_det
 from gmlab.nn.flows.coupling import AffineCoupling, ResNet, checkerboard
 from gmlab.nn.flows.elementwise import Logit, UniformDequantization
-from gmlab.nn.flows.normalization import ActNorm, BatchNormFlow
+from gmlab.nn.flows.normalization import ActNorm, BatchNormFlow, recalibrate_batch_norm
 from gmlab.nn.flows.reshape import FactorOut, Squeeze, Unsqueeze, squeeze2d, unsqueeze2d
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "UniformDequantization",
     "Unsqueeze",
     "checkerboard",
+    "recalibrate_batch_norm",
     "squeeze2d",
     "sum_except_batch",
     "unsqueeze2d",
