@@ -143,6 +143,7 @@ class RealNVP(GenerativeModel):
         bn_calibration_batches: before every validation and test, the batch norms' running
             statistics are recomputed with the current weights over the last this-many
             training batches (`recalibrate_batch_norm`; 0: keep the momentum averages).
+            Under DDP each process does so from its own batches (rank 0's are saved).
     """
 
     def __init__(
