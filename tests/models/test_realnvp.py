@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
 from scipy.integrate import quad
 from support.devices import DEVICES
+from support.trainer import quiet_trainer
 from torch.autograd.functional import jacobian
 
 from gmlab.data import DigitsDataModule
@@ -225,16 +225,7 @@ def test_short_training_lowers_test_bpd_and_checkpoint_loads_weights_only(tmp_pa
         return clip(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     model.clip_gradients = spy
-    trainer = L.Trainer(
-        max_steps=120,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=1,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_steps=120, limit_val_batches=1, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=data)
     after = test_bpd(model)
     assert after < before - 1.0, (before, after)
@@ -263,16 +254,7 @@ def test_validation_and_test_recalibrate_batch_norm_on_recent_training_batches(t
     def moved() -> bool:
         return any(layer.running_mean.abs().max() > 0.01 for layer in layers)
 
-    trainer = L.Trainer(
-        max_steps=30,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=1,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_steps=30, limit_val_batches=1, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=data)
     assert moved() and len(model.recent_batches) == 2
     assert all(layer.momentum == 0.0 for layer in layers)  # restored after recalibrating

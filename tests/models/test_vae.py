@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from support.trainer import quiet_trainer
 
 from gmlab.data import DigitsDataModule
 from gmlab.models.vae import VAE
@@ -14,18 +14,6 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-def trainer(**kw) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kw,
-    )
 
 
 def digits_vae(**kw) -> VAE:
@@ -55,10 +43,10 @@ def test_short_training_lowers_the_loss_and_test_logs_both_bounds(prior):
             return torch.stack([model.elbo(x_val).mean() for _ in range(5)]).mean().item()
 
     before = val_elbo()
-    trainer(max_epochs=4).fit(model, datamodule=dm)
+    quiet_trainer(max_epochs=4).fit(model, datamodule=dm)
     after = val_elbo()
     assert after > before + 5.0, (before, after)
-    metrics = trainer().test(model, datamodule=dm, verbose=False)[0]
+    metrics = quiet_trainer().test(model, datamodule=dm, verbose=False)[0]
     for key in ("test/nll_iwae", "test/bpd_iwae", "test/elbo", "test/kl", "test/recon"):
         assert key in metrics
     assert metrics["test/nll"] == metrics["test/nll_iwae"]
@@ -68,7 +56,7 @@ def test_short_training_lowers_the_loss_and_test_logs_both_bounds(prior):
 def test_validation_logs_elbo_pieces_and_active_units():
     dm = DigitsDataModule(batch_size=64, eval_batch_size=100, val_size=150)
     model = digits_vae()
-    t = trainer(max_epochs=1, limit_train_batches=3)
+    t = quiet_trainer(max_epochs=1, limit_train_batches=3)
     t.fit(model, datamodule=dm)
     m = t.callback_metrics
     for key in ("val/elbo", "val/recon", "val/kl", "val/nll", "val/bpd", "val/active_units"):
