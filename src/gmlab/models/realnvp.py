@@ -213,8 +213,7 @@ class RealNVP(GenerativeModel):
         return self.log_prob(y) + log_det
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self.recent_batches.maxlen:
-            self.recent_batches.append(batch[0].detach())
+        self.recent_batches.append(batch[0].detach())  # maxlen 0 (recalibration off) keeps none
         y, log_det = self.prepare(batch[0], train=True)
         loss = self.to_bits(self.log_prob(y) + log_det).mean()
         self.check_finite(loss, "train/loss", batch_idx)
