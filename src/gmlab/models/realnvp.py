@@ -45,6 +45,7 @@ from gmlab.nn.flows import (
     Unsqueeze,
     recalibrate_batch_norm,
 )
+from gmlab.utils.lr_schedule import WarmupStableDecay
 
 NORMS = (None, "batch", "act")
 NET_NORMS = (None, "batch")
@@ -132,6 +133,10 @@ class RealNVP(GenerativeModel):
         net_norm: "batch" puts batch norm inside the s/t ResNets too (the paper's nets);
             null: weight norm alone.
         lr: Adam learning rate (paper: 1e-3; seed: 3e-4).
+        lr_schedule: `WarmupStableDecay` options (warmup_steps, decay_start, decay_steps,
+            min_factor): the lr at optimizer step t is lr * factor(t), set before every
+            step from the trainer's global step (stateless, so resumes follow the same
+            curve). Empty/null: constant lr.
         weight_decay: L2 penalty on the weight-norm scales g (the paper's regularizer).
         max_grad_norm: clip the global gradient norm to this (null: no clipping).
         amp: "auto" (bf16 autocast of the s/t nets on CUDA, float32 elsewhere), "bf16"
@@ -159,6 +164,7 @@ class RealNVP(GenerativeModel):
         norm: str | None = "batch",
         net_norm: str | None = None,
         lr: float = 3e-4,
+        lr_schedule: dict | None = None,
         weight_decay: float = 5e-5,
         max_grad_norm: float | None = 100.0,
         amp: str = "auto",
@@ -190,6 +196,7 @@ class RealNVP(GenerativeModel):
             channels_last,
             net_norm,
         )
+        self.lr_schedule = WarmupStableDecay.from_config(lr_schedule)
         self.recent_batches: deque[torch.Tensor] = deque(maxlen=bn_calibration_batches)
         if compile:
             self.flow.compile()  # one graph for the whole normalizing direction
@@ -219,6 +226,11 @@ class RealNVP(GenerativeModel):
         self.check_finite(loss, "train/loss", batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=y.shape[0])
         return loss
+
+    def on_train_batch_start(self, batch, batch_idx: int):
+        super().on_train_batch_start(batch, batch_idx)
+        lr = self.lr_schedule.apply(self.trainer.optimizers[0], self.hparams.lr, self.global_step)
+        self.log("train/lr", lr, batch_size=batch[0].shape[0])
 
     def recalibrate_batch_norm(self) -> int:
         """Running batch-norm statistics := exact averages over `recent_batches` (freshly
