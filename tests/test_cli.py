@@ -73,6 +73,24 @@ def test_print_config_and_unknown_option(run_env):
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "model.norm=layer",
+            "error: model.norm must be one of (None, 'batch', 'act'), got 'layer'",
+        ),
+        ("+model.lr_schedule.decay_step=5", "error: model.lr_schedule: unknown option(s)"),
+    ],
+)
+def test_bad_model_option_is_one_error_paragraph(run_env, tmp_path, override, message):
+    args = ["model=realnvp", "data=digits", override, f"hydra.run.dir={tmp_path}"]
+    out = gmlab("gmlab-train", args, run_env, check=False)
+    assert out.returncode == 1
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_missing_required_value_is_one_line(run_env):
     out = gmlab("gmlab-eval", [], run_env, check=False)
     assert out.returncode == 1

@@ -25,3 +25,7 @@ class CheckpointMismatchError(GmlabError):
 class SingularCovarianceError(GmlabError, FloatingPointError):
     """A covariance (or its low-rank capacitance matrix) is not positive definite even when
     factored in float64."""
+
+
+class ConfigError(GmlabError, ValueError):
+    """A config option is unknown, out of range, or does not fit the other options."""

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from gmlab.errors import NonFiniteError, ShapeError
+from gmlab.errors import ConfigError, NonFiniteError, ShapeError
 
 SCALES = ("unit", "symmetric")
 BINARIZE = (None, "dynamic", "static")
@@ -72,11 +72,11 @@ class Preprocessor:
         num_levels: int | None = 256,
     ) -> None:
         if scale not in SCALES:
-            raise ValueError(f"preprocess.scale must be one of {SCALES}, got {scale!r}")
+            raise ConfigError(f"preprocess.scale must be one of {SCALES}, got {scale!r}")
         if num_levels is not None and num_levels < 2:
-            raise ValueError(f"preprocess.num_levels must be >= 2 or null, got {num_levels}")
+            raise ConfigError(f"preprocess.num_levels must be >= 2 or null, got {num_levels}")
         if binarize not in BINARIZE:
-            raise ValueError(f"preprocess.binarize must be one of {BINARIZE}, got {binarize!r}")
+            raise ConfigError(f"preprocess.binarize must be one of {BINARIZE}, got {binarize!r}")
         self.dequantize = dequantize
         self.scale = scale
         self.binarize = binarize

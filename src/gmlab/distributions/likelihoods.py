@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gmlab.errors import ConfigError
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -186,7 +188,7 @@ def build_likelihood(name: str, event_dims: int, scale: str = "unit", **kwargs) 
     if name == "discretized_logistic":
         low = -1.0 if scale == "symmetric" else 0.0
         return DiscretizedLogisticLikelihood(event_dims, low=low, high=1.0, **kwargs)
-    raise ValueError(
+    raise ConfigError(
         f"unknown likelihood {name!r}; choose bernoulli, gaussian, gaussian_fixed or "
         "discretized_logistic"
     )

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from gmlab.distributions.lowrank import LOG_2PI, LowRankGaussians, chunk_rows
+from gmlab.errors import ConfigError
 
 __all__ = [
     "MixtureOfFactorAnalyzers",
@@ -77,9 +78,9 @@ class MixtureOfFactorAnalyzers(nn.Module):
     def __init__(self, n_components: int, dim: int, n_factors: int, noise: str = "diagonal"):
         super().__init__()
         if noise not in NOISE_TYPES:
-            raise ValueError(f"noise must be one of {NOISE_TYPES}, got {noise!r}")
+            raise ConfigError(f"noise must be one of {NOISE_TYPES}, got {noise!r}")
         if n_components < 1 or dim < 1 or n_factors < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need n_components >= 1, dim >= 1, n_factors >= 0; got "
                 f"{n_components}, {dim}, {n_factors}"
             )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from gmlab.errors import ConfigError
 from gmlab.nn.made import MADEFlow
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -156,4 +157,4 @@ def build_prior(
         return MixturePrior(dim, n_components, learn_weights)
     if name == "made":
         return FlowPrior(dim, made_hidden)
-    raise ValueError(f"unknown prior {name!r}; choose normal, mog or made")
+    raise ConfigError(f"unknown prior {name!r}; choose normal, mog or made")

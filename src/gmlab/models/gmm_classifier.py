@@ -36,7 +36,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from gmlab.errors import ShapeError
+from gmlab.errors import ConfigError, ShapeError
 from gmlab.models.base import GmlabModule, image_grid
 from gmlab.nn.gmm_layer import GaussianMixtureClassifier
 from gmlab.nn.mnist_cnn import MnistCNN
@@ -94,9 +94,9 @@ class GMMClassifier(GmlabModule):
         super().__init__()
         self.save_hyperparameters()
         if head not in HEADS:
-            raise ValueError(f"model.head must be one of {HEADS}, got {head!r}")
+            raise ConfigError(f"model.head must be one of {HEADS}, got {head!r}")
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+            raise ConfigError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         self.data_shape = tuple(int(s) for s in data_shape)
         self.num_classes = num_classes
         if len(self.data_shape) == 3:

@@ -37,6 +37,7 @@ from gmlab.distributions.mfa import (
     init_rnd_samples,
     m_step,
 )
+from gmlab.errors import ConfigError
 from gmlab.models.base import GenerativeModel, image_grid
 
 INITS = ("kmeans", "rnd_samples")
@@ -92,19 +93,19 @@ class MFAModel(GenerativeModel):
     ) -> None:
         super().__init__(data_shape, preprocess)
         if noise not in NOISE_TYPES:
-            raise ValueError(f"model.noise must be one of {NOISE_TYPES}, got {noise!r}")
+            raise ConfigError(f"model.noise must be one of {NOISE_TYPES}, got {noise!r}")
         if init not in INITS:
-            raise ValueError(f"model.init must be one of {INITS}, got {init!r}")
+            raise ConfigError(f"model.init must be one of {INITS}, got {init!r}")
         if feature_sampling is not None and not 0 < feature_sampling <= 1:
-            raise ValueError(f"model.feature_sampling must be in (0, 1], got {feature_sampling}")
+            raise ConfigError(f"model.feature_sampling must be in (0, 1], got {feature_sampling}")
         if reconstruct_mode not in ("map", "mixture"):
-            raise ValueError(
+            raise ConfigError(
                 f"model.reconstruct_mode must be map|mixture, got {reconstruct_mode!r}"
             )
         if noise_floor <= 0:
-            raise ValueError(f"model.noise_floor must be > 0, got {noise_floor}")
+            raise ConfigError(f"model.noise_floor must be > 0, got {noise_floor}")
         if noise_reg < 0:
-            raise ValueError(f"model.noise_reg must be >= 0, got {noise_reg}")
+            raise ConfigError(f"model.noise_reg must be >= 0, got {noise_reg}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.mixture = MixtureOfFactorAnalyzers(n_components, self.num_dims, n_factors, noise)

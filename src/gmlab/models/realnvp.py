@@ -31,7 +31,7 @@ from collections import deque
 
 import torch
 
-from gmlab.errors import ShapeError
+from gmlab.errors import ConfigError, ShapeError
 from gmlab.models.base import GenerativeModel, image_grid
 from gmlab.nn.flows import (
     ActNorm,
@@ -66,12 +66,12 @@ def build_realnvp(
 ) -> Composition:
     """The RealNVP flow over unit-cube images of `shape` (C, H, W); output has that shape."""
     if norm not in NORMS:
-        raise ValueError(f"realnvp norm must be one of {NORMS}, got {norm!r}")
+        raise ConfigError(f"model.norm must be one of {NORMS}, got {norm!r}")
     if net_norm not in NET_NORMS:
-        raise ValueError(f"realnvp net_norm must be one of {NET_NORMS}, got {net_norm!r}")
+        raise ConfigError(f"model.net_norm must be one of {NET_NORMS}, got {net_norm!r}")
     c, h, w = shape
     if num_scales < 1:
-        raise ValueError(f"num_scales must be >= 1, got {num_scales}")
+        raise ConfigError(f"model.num_scales must be >= 1, got {num_scales}")
     step = 2 ** (num_scales - 1)
     if h % step or w % step or h // step < 2 or w // step < 2:
         raise ShapeError(
@@ -178,12 +178,12 @@ class RealNVP(GenerativeModel):
         if len(self.data_shape) != 3:
             raise ShapeError(f"RealNVP models images [C, H, W], got data_shape {self.data_shape}")
         if self.preprocess.discrete or self.preprocess.scale != "unit":
-            raise ValueError(
+            raise ConfigError(
                 "RealNVP needs dequantized unit-cube inputs: preprocess.scale=unit, "
                 "preprocess.binarize=null"
             )
         if amp not in AMP:
-            raise ValueError(f"realnvp amp must be one of {AMP}, got {amp!r}")
+            raise ConfigError(f"model.amp must be one of {AMP}, got {amp!r}")
         self.flow = build_realnvp(
             self.data_shape,
             num_scales,

@@ -34,6 +34,7 @@ import torch
 
 from gmlab.distributions.likelihoods import build_likelihood
 from gmlab.distributions.priors import MixturePrior, NormalPrior, build_prior, diag_normal_log_prob
+from gmlab.errors import ConfigError
 from gmlab.metrics.iwae import iwae_bound
 from gmlab.models.base import GenerativeModel, image_grid
 from gmlab.nn.conv_autoencoder import ConvDecoder, ConvEncoder
@@ -91,11 +92,11 @@ class VAE(GenerativeModel):
         super().__init__(data_shape, preprocess)
         self.save_hyperparameters()
         if kl not in KL_MODES:
-            raise ValueError(f"model.kl must be one of {KL_MODES}, got {kl!r}")
+            raise ConfigError(f"model.kl must be one of {KL_MODES}, got {kl!r}")
         if kl == "analytic" and prior != "normal":
-            raise ValueError("model.kl=analytic needs prior=normal; use mc or approx (mog)")
+            raise ConfigError("model.kl=analytic needs prior=normal; use mc or approx (mog)")
         if kl == "approx" and prior != "mog":
-            raise ValueError("model.kl=approx is the mixture-prior approximation: needs prior=mog")
+            raise ConfigError("model.kl=approx is the mixture-prior approximation: needs prior=mog")
         self.kl_mode = ("analytic" if prior == "normal" else "mc") if kl == "auto" else kl
         self.latent_dim = int(latent_dim)
         self.eval_cfg = {"iwae_k": 1000, "iwae_batch": 8192, "val_iwae_k": 0, **(eval or {})}
@@ -114,14 +115,14 @@ class VAE(GenerativeModel):
             )
         elif architecture == "conv":
             if not self.is_image or self.data_shape[1:] != (32, 32):
-                raise ValueError(
+                raise ConfigError(
                     f"architecture=conv is built for [C, 32, 32] images, got {self.data_shape}"
                 )
             c = self.data_shape[0]
             self.encoder = ConvEncoder(c, 2 * self.latent_dim, channels)
             self.decoder = ConvDecoder(self.latent_dim, p * c, channels)
         else:
-            raise ValueError(f"model.architecture must be mlp or conv, got {architecture!r}")
+            raise ConfigError(f"model.architecture must be mlp or conv, got {architecture!r}")
         self.conv = architecture == "conv"
         if self.conv and channels_last:
             self.encoder.to(memory_format=torch.channels_last)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gmlab.errors import ShapeError
+from gmlab.errors import ConfigError, ShapeError
 from gmlab.ops.linalg import cholesky_float64_retry
 
 COVARIANCES = ("diag", "tril", "full", "lowrank")
@@ -133,14 +133,14 @@ class GaussianMixtureClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if covariance not in COVARIANCES:
-            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+            raise ConfigError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
         if in_features < 1 or n_classes < 1 or components_per_class < 1:
-            raise ValueError(
+            raise ConfigError(
                 "in_features, n_classes and components_per_class must be >= 1, got "
                 f"{in_features}, {n_classes}, {components_per_class}"
             )
         if not 0 < floor < init_std:
-            raise ValueError(f"need 0 < floor < init_std, got floor={floor}, init_std={init_std}")
+            raise ConfigError(f"need 0 < floor < init_std, got floor={floor}, init_std={init_std}")
         d = dim or in_features
         self.in_features, self.dim = in_features, d
         self.n_classes, self.components_per_class = n_classes, components_per_class
@@ -162,7 +162,7 @@ class GaussianMixtureClassifier(nn.Module):
         elif covariance == "lowrank":
             self.rank = rank or min(10, d)
             if not 1 <= self.rank <= d:
-                raise ValueError(f"rank must be in [1, {d}], got {self.rank}")
+                raise ConfigError(f"rank must be in [1, {d}], got {self.rank}")
             from gmlab.distributions.lowrank import lowrank_log_prob  # noqa: F401 - fail early
 
             # small random factors (W = 0 would be a saddle point: zero gradient)

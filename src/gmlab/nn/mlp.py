@@ -8,13 +8,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from gmlab.errors import ConfigError
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 
 
 def activation(name: str) -> nn.Module:
     """A fresh activation module by name (relu, tanh, elu, gelu)."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise ConfigError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 

@@ -13,11 +13,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from gmlab.errors import GmlabError
-
-
-class ScheduleConfigError(GmlabError, ValueError):
-    """A learning-rate schedule option is unknown or out of range."""
+from gmlab.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -39,13 +35,13 @@ class WarmupStableDecay:
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 0 or self.decay_steps < 0:
-            raise ScheduleConfigError(
-                f"lr_schedule: warmup_steps and decay_steps must be >= 0, got {self}"
+            raise ConfigError(
+                f"model.lr_schedule: warmup_steps and decay_steps must be >= 0, got {self}"
             )
         if self.decay_start is not None and self.decay_start < 0:
-            raise ScheduleConfigError(f"lr_schedule: decay_start must be >= 0, got {self}")
+            raise ConfigError(f"model.lr_schedule: decay_start must be >= 0, got {self}")
         if not 0.0 <= self.min_factor <= 1.0:
-            raise ScheduleConfigError(f"lr_schedule: min_factor must lie in [0, 1], got {self}")
+            raise ConfigError(f"model.lr_schedule: min_factor must lie in [0, 1], got {self}")
 
     @classmethod
     def from_config(cls, options: dict | None) -> WarmupStableDecay:
@@ -54,8 +50,8 @@ class WarmupStableDecay:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ScheduleConfigError(
-                f"lr_schedule: unknown option(s) {unknown}; the options are {sorted(known)}"
+            raise ConfigError(
+                f"model.lr_schedule: unknown option(s) {unknown}; the options are {sorted(known)}"
             )
         return cls(**options)
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from gmlab.errors import ShapeError
+from gmlab.errors import ConfigError, ShapeError
 from gmlab.nn.flows.base import Flow, sum_except_batch, wide_dtype
 
 MASKS = ("checkerboard", "channel")
@@ -135,7 +135,7 @@ class AffineCoupling(Flow):
     ) -> None:
         super().__init__()
         if mask not in MASKS:
-            raise ValueError(f"coupling mask must be one of {MASKS}, got {mask!r}")
+            raise ConfigError(f"coupling mask must be one of {MASKS}, got {mask!r}")
         if mask == "channel" and channels % 2:
             raise ShapeError(f"a channel-wise coupling needs an even channel count, got {channels}")
         self.mask = mask
