@@ -241,6 +241,19 @@ def test_logit_values_and_alpha_validation():
         Logit(0.5)
 
 
+def test_logit_with_small_alpha_is_float64_accurate_near_one():
+    """MNIST's dequantized 255s lie just below 1; with alpha = 1e-6 their log(1 - p) must
+    not inherit the float32 rounding of p (absolute 6e-8, relative 6e-4 of 1 - p here)."""
+    alpha = 1e-6
+    y = torch.tensor([[1 - 1e-4, 1 - 3e-5, 0.5, 1e-5]])
+    z, log_det = Logit(alpha)(y)
+    p = alpha + (1 - 2 * alpha) * y.double()  # the same float32 inputs, in float64
+    z_ref = torch.log(p) - torch.log1p(-p)
+    log_det_ref = (math.log1p(-2 * alpha) - torch.log(p) - torch.log1p(-p)).sum(1)
+    assert torch.allclose(z.double(), z_ref, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(log_det.double(), log_det_ref, rtol=0, atol=1e-5)
+
+
 def test_uniform_dequantization_round_trips_integers_and_scales_volume():
     x = torch.randint(0, 256, (5, 1, 3, 3), dtype=torch.uint8)
     deq = UniformDequantization(256)

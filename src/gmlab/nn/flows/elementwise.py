@@ -52,7 +52,9 @@ class Logit(Flow):
     alpha keeps the logit away from 0 and 1: with the default 0.05 the logit sees
     [0.05, 0.95] (the same range as the realnvp seed's `alpha/2 + (1 - alpha) y` with its
     alpha = 0.1). Per dimension, log dz/dy = log(1 - 2 alpha) - log p - log(1 - p) with
-    p = alpha + (1 - 2 alpha) y.
+    p = alpha + (1 - 2 alpha) y. 1 - p is formed as alpha + (1 - 2 alpha)(1 - y), exact in
+    float32 where y is near 1 (log1p(-p) would see p rounded to ~6e-8, which matters once
+    alpha is small: 1e-6 is the usual MNIST choice).
 
     Args:
         alpha: squeeze of the unit interval, 0 <= alpha < 0.5 (0 needs y strictly inside).
@@ -65,8 +67,9 @@ class Logit(Flow):
         self.alpha = float(alpha)
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p = self.alpha + (1.0 - 2.0 * self.alpha) * y
-        log_p, log_1mp = torch.log(p), torch.log1p(-p)
+        squeeze = 1.0 - 2.0 * self.alpha
+        log_p = torch.log(self.alpha + squeeze * y)
+        log_1mp = torch.log(self.alpha + squeeze * (1.0 - y))
         z = log_p - log_1mp
         per_dim = -(log_p + log_1mp)
         return z, sum_except_batch(per_dim) + y[0].numel() * math.log1p(-2.0 * self.alpha)
