@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from gmlab.errors import ConfigError
 from gmlab.nn.flows.base import Flow, sum_except_batch
 
 
@@ -63,7 +64,7 @@ class Logit(Flow):
     def __init__(self, alpha: float = 0.05) -> None:
         super().__init__()
         if not 0.0 <= alpha < 0.5:
-            raise ValueError(f"Logit alpha must be in [0, 0.5), got {alpha}")
+            raise ConfigError(f"Logit alpha (model.alpha) must be in [0, 0.5), got {alpha}")
         self.alpha = float(alpha)
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
