@@ -1,6 +1,7 @@
-"""WarmupStableDecay: its factor against torch's own schedulers, its config errors, and a
-RealNVP Trainer run (and a resume from a checkpoint written without any schedule) whose
-optimizer steps use exactly lr * factor(global step)."""
+"""WarmupStableDecay: its factor against torch's own schedulers, its config errors, and
+Trainer runs of the models that take `lr_schedule` (RealNVP, VAE), and resumes from a
+checkpoint written without any schedule, whose optimizer steps use exactly
+lr * factor(global step)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from support.trainer import quiet_trainer
 from gmlab.data import DigitsDataModule
 from gmlab.errors import GmlabError
 from gmlab.models.realnvp import RealNVP
+from gmlab.models.vae import VAE
 from gmlab.utils.lr_schedule import WarmupStableDecay
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -74,11 +76,25 @@ class StepLrs(L.Callback):
         self.seen.append((trainer.global_step, lrs.pop()))
 
 
-def tiny_realnvp(schedule: dict | None) -> RealNVP:
-    return RealNVP([1, 8, 8], num_blocks=1, filters=8, lr=0.01, lr_schedule=schedule)
+SCHEDULED_MODELS = {
+    "realnvp": lambda schedule: RealNVP(
+        [1, 8, 8], num_blocks=1, filters=8, lr=0.01, lr_schedule=schedule
+    ),
+    "vae": lambda schedule: VAE(
+        [1, 8, 8],
+        latent_dim=2,
+        hidden=[16],
+        prior="mog",
+        n_components=3,
+        lr=0.01,
+        lr_schedule=schedule,
+    ),
+}
 
 
-def test_realnvp_steps_use_the_schedule_and_a_resume_continues_it(tmp_path):
+@pytest.mark.parametrize("name", sorted(SCHEDULED_MODELS))
+def test_steps_use_the_schedule_and_a_resume_continues_it(name, tmp_path):
+    build = SCHEDULED_MODELS[name]
     schedule = {"warmup_steps": 2, "decay_start": 4, "decay_steps": 4, "min_factor": 0.1}
     expected = WarmupStableDecay(**schedule)
     data = DigitsDataModule(batch_size=32, eval_batch_size=300, val_size=150)
@@ -86,7 +102,7 @@ def test_realnvp_steps_use_the_schedule_and_a_resume_continues_it(tmp_path):
     torch.manual_seed(0)
     record = StepLrs()
     quiet_trainer(max_steps=10, limit_val_batches=0, callbacks=[record]).fit(
-        tiny_realnvp(schedule), datamodule=data
+        build(schedule), datamodule=data
     )
     assert [step for step, _ in record.seen] == list(range(10))
     assert [lr for _, lr in record.seen] == pytest.approx(
@@ -95,12 +111,12 @@ def test_realnvp_steps_use_the_schedule_and_a_resume_continues_it(tmp_path):
 
     # A run trained 5 steps at a constant lr, resumed with the schedule: steps 5..9 follow it.
     trainer = quiet_trainer(max_steps=5, limit_val_batches=0)
-    trainer.fit(tiny_realnvp(None), datamodule=data)
+    trainer.fit(build(None), datamodule=data)
     path = tmp_path / "constant.ckpt"
     trainer.save_checkpoint(path)
     resumed = StepLrs()
     quiet_trainer(max_steps=10, limit_val_batches=0, callbacks=[resumed]).fit(
-        tiny_realnvp(schedule), datamodule=data, ckpt_path=path
+        build(schedule), datamodule=data, ckpt_path=path
     )
     assert [step for step, _ in resumed.seen] == list(range(5, 10))
     assert [lr for _, lr in resumed.seen] == pytest.approx(

@@ -2,7 +2,8 @@
 
 `GmlabModule` gives every gmlab model its checkpoint metadata (so `gmlab-eval` can
 rebuild any checkpoint), NaN/inf guards with clear messages, the metric it is
-checkpointed on, and `figures()` for the image-grid callback.
+checkpointed on, `figures()` for the image-grid callback, and the optional step-wise
+learning-rate schedule (`use_lr_schedule`).
 
 `GenerativeModel` adds the density-model protocol of DESIGN.md:
   - `log_likelihood(x_raw) -> [B]`: log p(y) in nats of the dequantized input y on the
@@ -25,6 +26,7 @@ import torchvision
 from gmlab.data.preprocess import Preprocessor
 from gmlab.errors import NonFiniteError, ShapeError
 from gmlab.metrics.bpd import bits_per_dim, nats_to_bits
+from gmlab.utils.lr_schedule import WarmupStableDecay
 
 
 class GmlabModule(L.LightningModule):
@@ -36,6 +38,17 @@ class GmlabModule(L.LightningModule):
 
     monitor: str = "val/bpd"
     monitor_mode: str = "min"
+    lr_schedule: WarmupStableDecay | None = None
+
+    def use_lr_schedule(self, options: dict | None) -> None:
+        """Train with lr = hparams.lr * factor(global step) (`WarmupStableDecay` options:
+        warmup_steps, decay_start, decay_steps, min_factor; empty: constant lr).
+
+        The lr is set before every optimizer step from the trainer's global step, so the
+        schedule keeps no state and a run resumed from any checkpoint follows the same
+        curve. For models with one optimizer whose lr is `hparams.lr`.
+        """
+        self.lr_schedule = WarmupStableDecay.from_config(options)
 
     def check_finite(self, value: torch.Tensor, metric: str, batch_idx: int | None = None) -> None:
         """Raise `NonFiniteError` naming the metric, stage and batch if `value` has NaN/inf."""
@@ -67,6 +80,12 @@ class GmlabModule(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int):
         self.check_batch(batch, batch_idx)
+        if self.lr_schedule is not None:
+            lr = self.lr_schedule.apply(
+                self.trainer.optimizers[0], self.hparams.lr, self.global_step
+            )
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            self.log("train/lr", lr, batch_size=x.shape[0])
 
     def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0):
         self.check_batch(batch, batch_idx)

@@ -45,7 +45,6 @@ from gmlab.nn.flows import (
     Unsqueeze,
     recalibrate_batch_norm,
 )
-from gmlab.utils.lr_schedule import WarmupStableDecay
 
 NORMS = (None, "batch", "act")
 NET_NORMS = (None, "batch")
@@ -134,9 +133,8 @@ class RealNVP(GenerativeModel):
             null: weight norm alone.
         lr: Adam learning rate (paper: 1e-3; seed: 3e-4).
         lr_schedule: `WarmupStableDecay` options (warmup_steps, decay_start, decay_steps,
-            min_factor): the lr at optimizer step t is lr * factor(t), set before every
-            step from the trainer's global step (stateless, so resumes follow the same
-            curve). Empty/null: constant lr.
+            min_factor): the lr at optimizer step t is lr * factor(t)
+            (`GmlabModule.use_lr_schedule`). Empty/null: constant lr.
         weight_decay: L2 penalty on the weight-norm scales g (the paper's regularizer).
         max_grad_norm: clip the global gradient norm to this (null: no clipping).
         amp: "auto" (bf16 autocast of the s/t nets on CUDA, float32 elsewhere), "bf16"
@@ -196,7 +194,7 @@ class RealNVP(GenerativeModel):
             channels_last,
             net_norm,
         )
-        self.lr_schedule = WarmupStableDecay.from_config(lr_schedule)
+        self.use_lr_schedule(lr_schedule)
         self.recent_batches: deque[torch.Tensor] = deque(maxlen=bn_calibration_batches)
         if compile:
             self.flow.compile()  # one graph for the whole normalizing direction
@@ -226,11 +224,6 @@ class RealNVP(GenerativeModel):
         self.check_finite(loss, "train/loss", batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=y.shape[0])
         return loss
-
-    def on_train_batch_start(self, batch, batch_idx: int):
-        super().on_train_batch_start(batch, batch_idx)
-        lr = self.lr_schedule.apply(self.trainer.optimizers[0], self.hparams.lr, self.global_step)
-        self.log("train/lr", lr, batch_size=batch[0].shape[0])
 
     def recalibrate_batch_norm(self) -> int:
         """Running batch-norm statistics := exact averages over `recent_batches` (freshly

@@ -63,6 +63,9 @@ class VAE(GenerativeModel):
         kl_warmup_steps: optimizer steps over which the KL weight rises 0 -> 1 (0: off).
         free_bits: nats per latent dimension below which the KL is not penalized (0: off).
         lr: Adam learning rate.
+        lr_schedule: `WarmupStableDecay` options (warmup_steps, decay_start, decay_steps,
+            min_factor): the lr at optimizer step t is lr * factor(t)
+            (`GmlabModule.use_lr_schedule`). Empty/null: constant lr.
         channels_last: conv models run in the channels-last memory format (faster on CPU).
         eval: {"iwae_k": importance samples at test time, "iwae_batch": max decoder rows
             per chunk, "val_iwae_k": IWAE samples at validation (0: ELBO only)}.
@@ -86,6 +89,7 @@ class VAE(GenerativeModel):
         kl_warmup_steps: int = 0,
         free_bits: float = 0.0,
         lr: float = 1e-3,
+        lr_schedule: dict | None = None,
         channels_last: bool = True,
         eval: dict | None = None,  # noqa: A002 (config key)
     ) -> None:
@@ -128,6 +132,7 @@ class VAE(GenerativeModel):
             self.encoder.to(memory_format=torch.channels_last)
             self.decoder.to(memory_format=torch.channels_last)
         self.prior = build_prior(prior, self.latent_dim, n_components, learn_weights, made_hidden)
+        self.use_lr_schedule(lr_schedule)
         self._val_means: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ parts
