@@ -6,7 +6,8 @@
          on the first n test images (n=10000: all), written to results_k<k>_n<n>.json.
 
 The setting is `experiment=vae_mnist_wide` / `vae_mog_mnist_wide` (784-400-400-32
-encoder, mirrored Bernoulli decoder, KL warm-up over 2750 steps, Adam 1e-3, batch 200).
+encoder, mirrored Bernoulli decoder, KL warm-up over 2750 steps, Adam 1e-3, batch 200)
+without their lr schedule: a constant lr for a wall-clock budget (the README's CPU rows).
 
 usage: python scripts/vae_mnist_quality.py train NAME {normal,mog} MINUTES [--root DIR]
        python scripts/vae_mnist_quality.py eval RUN_DIR K N [--root DIR]
