@@ -41,6 +41,14 @@ class Checkpoint(ModelCheckpoint):
         if self.save_last:
             self._last_global_step_saved = trainer.global_step
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write `last.ckpt` with the final weights when training stopped after the last
+        save (`max_steps` or `max_time` reached mid-epoch, epochs without validation):
+        Lightning 2.6 writes it here only if no checkpoint was written at all, so those
+        last steps were lost and a resume repeated them."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         partial = f"{filepath}.partial"
         trainer.save_checkpoint(partial, self.save_weights_only)
