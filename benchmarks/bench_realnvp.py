@@ -153,10 +153,10 @@ def copy_into_reference(model, ref: RefRealNVP) -> None:
                 cond = torch.arange(half) + (half if a.parity else 0)
                 v_in = b.net.inp.parametrizations.weight.original1
                 v_in.zero_()
-                v_in[:, cond] = a.net.inp.parametrizations.weight.original1
-                for name in ("original0", "original1"):
-                    src = getattr(a.net.out.parametrizations.weight, name)
-                    dst = getattr(b.net.out.parametrizations.weight, name)
+                v_in[:, cond] = a.net.inp.weight_v
+                for ours_name, their_name in (("weight_g", "original0"), ("weight_v", "original1")):
+                    src = getattr(a.net.out, ours_name)
+                    dst = getattr(b.net.out.parametrizations.weight, their_name)
                     dst[free], dst[c + free] = src[:half], src[half:]
                 b.net.out.bias[free], b.net.out.bias[c + free] = (
                     a.net.out.bias[:half],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import pytest
 import torch
 from scipy.integrate import quad
@@ -15,8 +16,16 @@ from torch.autograd.functional import jacobian
 from gmlab.data import DigitsDataModule
 from gmlab.errors import ShapeError
 from gmlab.models.realnvp import RealNVP, standard_normal_log_prob
-from gmlab.nn.flows import AffineCoupling, BatchNormFlow, FactorOut, Flow, Squeeze
-from gmlab.utils.checkpoint import load_model
+from gmlab.nn.flows import (
+    AffineCoupling,
+    BatchNormFlow,
+    FactorOut,
+    Flow,
+    Squeeze,
+    WeightNormConv2d,
+    running_statistics,
+)
+from gmlab.utils.checkpoint import check_compatible, load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -194,12 +203,8 @@ def test_weight_decay_applies_to_weight_norm_scales_only():
     model = RealNVP([1, 8, 8], **TINY)
     decay, rest = model.configure_optimizers().param_groups
     assert decay["weight_decay"] == 5e-5 and rest["weight_decay"] == 0.0
-    g = {
-        id(m.parametrizations.weight.original0)
-        for m in model.modules()
-        if hasattr(m, "parametrizations")
-    }
-    assert {id(p) for p in decay["params"]} == g
+    g = {id(m.weight_g) for m in model.modules() if isinstance(m, WeightNormConv2d)}
+    assert len(g) > 0 and {id(p) for p in decay["params"]} == g
     assert len(decay["params"]) + len(rest["params"]) == len(list(model.parameters()))
 
 
@@ -239,6 +244,20 @@ def test_short_training_lowers_test_bpd_and_checkpoint_loads_weights_only(tmp_pa
     assert isinstance(restored, RealNVP)
     assert test_bpd(restored) == pytest.approx(after, abs=1e-5)
 
+    # A checkpoint from before WeightNormConv2d names g, v as torch's weight-norm
+    # parametrization did: it still resumes (check_compatible) and loads to the same model.
+    legacy_names = {"weight_g": "original0", "weight_v": "original1"}
+    for key in list(raw["state_dict"]):
+        stem, _, leaf = key.rpartition(".")
+        if leaf in legacy_names:
+            new_key = f"{stem}.parametrizations.weight.{legacy_names[leaf]}"
+            raw["state_dict"][new_key] = raw["state_dict"].pop(key)
+    assert any("parametrizations" in key for key in raw["state_dict"])
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(raw, legacy)
+    check_compatible(RealNVP([1, 8, 8], num_blocks=2, filters=16), legacy)
+    assert test_bpd(load_model(legacy)) == pytest.approx(after, abs=1e-5)
+
 
 def test_validation_and_test_recalibrate_batch_norm_on_recent_training_batches(tmp_path):
     """With the momentum averages frozen at their initial (0, 1), only the recalibration
@@ -262,3 +281,39 @@ def test_validation_and_test_recalibrate_batch_norm_on_recent_training_batches(t
         layer.running_mean.zero_(), layer.running_var.fill_(1.0)
     trainer.test(model, datamodule=data, verbose=False)
     assert moved()
+
+
+class SaveRunningStatistics(L.Callback):
+    """Each rank writes its flow's batch-norm statistics as the first validation batch
+    starts: after the recalibration, before DDP's forward would broadcast rank 0's buffers."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
+        if batch_idx == 0:
+            stats = [b.clone() for b in running_statistics(pl_module.flow)]
+            torch.save(stats, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def test_two_process_ddp_ranks_validate_with_the_same_recalibrated_statistics(tmp_path):
+    """Ranks train on different batches; after recalibrating they average their statistics
+    (exact over all ranks' batches: tests/nn/test_flows.py) instead of all taking rank 0's
+    from DDP's buffer broadcast."""
+    data = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
+    model = RealNVP([1, 8, 8], num_blocks=1, filters=8, net_norm="batch", bn_calibration_batches=2)
+    trainer = quiet_trainer(
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        use_distributed_sampler=False,
+        callbacks=[SaveRunningStatistics(tmp_path)],
+    )
+    trainer.fit(model, datamodule=data)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert len(rank0) == len(running_statistics(model.flow)) > 4  # flow and net batch norms
+    for a, b in zip(rank0, rank1, strict=True):
+        assert torch.equal(a, b)
+    assert max((a - 1).abs().max() for a in rank0[1::2]) > 0.01  # variances were recomputed

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -19,8 +21,11 @@ from gmlab.nn.flows import (
     Squeeze,
     UniformDequantization,
     Unsqueeze,
+    WeightNormConv2d,
     checkerboard,
     recalibrate_batch_norm,
+    rename_legacy_weight_norm_keys,
+    running_statistics,
     squeeze2d,
 )
 
@@ -210,7 +215,7 @@ def test_coupling_log_scale_is_bounded_by_its_learned_scale():
     layer = randomize(AffineCoupling(2, "channel", 0, num_blocks=1, filters=8))
     with torch.no_grad():
         layer.scale.fill_(0.5)
-        layer.net.out.parametrizations.weight.original0.mul_(1000)  # saturate tanh
+        layer.net.out.weight_g.mul_(1000)  # saturate tanh
     x = torch.randn(4, 2, 5, 5)
     _, log_det = layer(x)
     assert log_det.abs().max() <= 0.5 * 25 + 1e-4
@@ -316,3 +321,65 @@ def test_recalibration_covers_torch_batch_norm_inside_the_nets():
         h = [net[0](b) for b in batches]
     expected = torch.stack([v.mean([0, 2, 3]) for v in h]).mean(0)
     torch.testing.assert_close(net[1].running_mean, expected)
+
+
+class ConvThenFlowNorm(torch.nn.Module):
+    """A conv + torch BatchNorm2d (as in the s/t nets) followed by a BatchNormFlow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2))
+        self.flow = BatchNormFlow(2)
+
+    def forward(self, x: torch.Tensor):
+        return self.flow(self.net(x))
+
+
+def test_averaging_two_recalibrations_equals_one_over_all_their_batches():
+    """What RealNVP does under DDP: each rank recalibrates on as many batches of its own as
+    the others, then the ranks average `running_statistics`; the result is the
+    recalibration over all batches at once, for torch's layers and BatchNormFlow alike."""
+    torch.manual_seed(2)
+    base = ConvThenFlowNorm().double()
+    batches = [torch.randn(6, 2, 3, 3, dtype=torch.float64) * (i + 1) + i for i in range(4)]
+    ranks = [copy.deepcopy(base) for _ in range(2)]
+    for rank, model in enumerate(ranks):
+        recalibrate_batch_norm(model, batches[rank::2], model)
+    per_rank = [running_statistics(model) for model in ranks]
+    averaged = [(a + b) / 2 for a, b in zip(*per_rank, strict=True)]
+    together = copy.deepcopy(base)
+    recalibrate_batch_norm(together, batches, together)
+    expected = running_statistics(together)
+    assert len(expected) == 4  # mean and variance of both norms
+    for got, want in zip(averaged, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_weight_norm_conv_matches_torch_parametrization_and_pickles():
+    """WeightNormConv2d against torch.nn.utils.parametrizations.weight_norm on the same
+    g, v (the parametrization's state dict through `rename_legacy_weight_norm_keys`):
+    same outputs and gradients; unlike the parametrized conv it survives pickling."""
+    torch.manual_seed(3)
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv2d(3, 5, 3, padding=1))
+    with torch.no_grad():
+        conv.parametrizations.weight.original0.mul_(torch.rand(5, 1, 1, 1) + 0.5)
+    theirs = torch.nn.Sequential(conv, torch.nn.ReLU())
+    state = theirs.state_dict()
+    rename_legacy_weight_norm_keys(state)
+    assert list(state) == ["0.bias", "0.weight_g", "0.weight_v"]
+    ours = torch.nn.Sequential(WeightNormConv2d(3, 5, 3), torch.nn.ReLU())
+    ours.load_state_dict(state)
+
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(ours(x), theirs(x))
+    (g_ours,) = torch.autograd.grad(ours(x).square().sum(), ours[0].weight_v)
+    (g_theirs,) = torch.autograd.grad(
+        theirs(x).square().sum(), conv.parametrizations.weight.original1
+    )
+    torch.testing.assert_close(g_ours, g_theirs)
+
+    fresh = WeightNormConv2d(3, 5, 3)  # g starts at |v|: the kernel is Conv2d's own init
+    torch.testing.assert_close(fresh.weight_g.flatten(), fresh.weight_v.flatten(1).norm(dim=1))
+    with pytest.raises(RuntimeError, match="Serialization"):
+        pickle.dumps(theirs)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(ours))(x), ours(x))

@@ -44,6 +44,8 @@ from gmlab.nn.flows import (
     Squeeze,
     Unsqueeze,
     recalibrate_batch_norm,
+    rename_legacy_weight_norm_keys,
+    running_statistics,
 )
 
 NORMS = (None, "batch", "act")
@@ -146,7 +148,8 @@ class RealNVP(GenerativeModel):
         bn_calibration_batches: before every validation and test, the batch norms' running
             statistics are recomputed with the current weights over the last this-many
             training batches (`recalibrate_batch_norm`; 0: keep the momentum averages).
-            Under DDP each process does so from its own batches (rank 0's are saved).
+            Under DDP the processes' statistics are then averaged (exact over all their
+            batches).
     """
 
     def __init__(
@@ -225,14 +228,25 @@ class RealNVP(GenerativeModel):
         self.log("train/loss", loss, prog_bar=True, batch_size=y.shape[0])
         return loss
 
+    @torch.no_grad()
     def recalibrate_batch_norm(self) -> int:
         """Running batch-norm statistics := exact averages over `recent_batches` (freshly
-        dequantized) under the current weights; returns the number of batches used."""
+        dequantized) under the current weights; returns the number of batches used.
+
+        Under multi-process training every rank holds as many recent batches as the others
+        (they step together), so averaging the ranks' statistics gives the exact averages
+        over all ranks' batches, and every rank validates, tests and saves the same ones.
+        """
 
         def push(x_raw: torch.Tensor) -> None:
             self.log_prob(self.prepare(x_raw, train=True)[0])
 
-        return recalibrate_batch_norm(self.flow, self.recent_batches, push)
+        used = recalibrate_batch_norm(self.flow, self.recent_batches, push)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            strategy = self.trainer.strategy
+            for buffer in running_statistics(self.flow):
+                buffer.copy_(strategy.reduce(buffer.clone(), reduce_op="mean"))
+        return used
 
     def on_validation_epoch_start(self) -> None:
         self.recalibrate_batch_norm()  # a no-op before the first training batch
@@ -266,12 +280,17 @@ class RealNVP(GenerativeModel):
     def configure_optimizers(self):
         decay, rest = [], []
         for name, param in self.named_parameters():
-            (decay if name.endswith("parametrizations.weight.original0") else rest).append(param)
+            (decay if name.endswith("weight_g") else rest).append(param)
         groups = [
             {"params": decay, "weight_decay": self.hparams.weight_decay},
             {"params": rest, "weight_decay": 0.0},
         ]
         return torch.optim.Adam(groups, lr=self.hparams.lr)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before `WeightNormConv2d` name the weight-norm parameters as
+        torch's parametrization did; rename them (same tensors, same optimizer order)."""
+        rename_legacy_weight_norm_keys(checkpoint["state_dict"])
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None

@@ -58,6 +58,8 @@ def check_compatible(model: L.LightningModule, path: str | Path) -> None:
             f"{path} holds a {cls.__name__}, but the config builds a {type(model).__name__}; "
             "pass the same model=... (and options) as the run that wrote it."
         )
+    if "state_dict" in checkpoint:
+        model.on_load_checkpoint(checkpoint)  # the model's renames of older checkpoints' keys
     saved = checkpoint.get("state_dict", {})
     current = model.state_dict()
     problems = [f"missing {k}" for k in current if k not in saved]

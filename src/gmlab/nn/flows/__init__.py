@@ -3,9 +3,20 @@
 (latent -> data); see `gmlab.nn.flows.base` for the conventions."""
 
 from gmlab.nn.flows.base import Composition, Flow, sum_except_batch, zero_log_det
-from gmlab.nn.flows.coupling import AffineCoupling, ResNet, checkerboard
+from gmlab.nn.flows.coupling import (
+    AffineCoupling,
+    ResNet,
+    WeightNormConv2d,
+    checkerboard,
+    rename_legacy_weight_norm_keys,
+)
 from gmlab.nn.flows.elementwise import Logit, UniformDequantization
-from gmlab.nn.flows.normalization import ActNorm, BatchNormFlow, recalibrate_batch_norm
+from gmlab.nn.flows.normalization import (
+    ActNorm,
+    BatchNormFlow,
+    recalibrate_batch_norm,
+    running_statistics,
+)
 from gmlab.nn.flows.reshape import FactorOut, Squeeze, Unsqueeze, squeeze2d, unsqueeze2d
 
 __all__ = [
@@ -20,8 +31,11 @@ __all__ = [
     "Squeeze",
     "UniformDequantization",
     "Unsqueeze",
+    "WeightNormConv2d",
     "checkerboard",
     "recalibrate_batch_norm",
+    "rename_legacy_weight_norm_keys",
+    "running_statistics",
     "squeeze2d",
     "sum_except_batch",
     "unsqueeze2d",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import weight_norm
 
 from gmlab.errors import ConfigError, ShapeError
 from gmlab.nn.flows.base import Flow, sum_except_batch, wide_dtype
@@ -13,16 +12,56 @@ from gmlab.nn.flows.base import Flow, sum_except_batch, wide_dtype
 MASKS = ("checkerboard", "channel")
 
 
-def wn_conv(in_channels: int, out_channels: int, kernel_size: int, zero: bool = False) -> nn.Conv2d:
-    """A weight-normalized 'same'-padded conv (w = g v / |v| per output channel).
+class WeightNormConv2d(nn.Conv2d):
+    """A 'same'-padded Conv2d with a weight-normalized kernel (Salimans & Kingma 2016):
 
-    zero=True starts it as the zero map (g = 0, bias = 0): a coupling whose net ends in it
-    starts as the identity.
+        weight = g * v / |v|,   |v| the norm of each output channel's kernel v[o],
+
+    held as plain parameters `weight_g` [O, 1, 1, 1] and `weight_v` [O, I, k, k] (g starts
+    at |v|, so the initial kernel is PyTorch's default Conv2d one). The same function and
+    parameters as `torch.nn.utils.parametrizations.weight_norm`, but picklable (spawned
+    processes, `torch.save(model)`); checkpoints with that parametrization's names load
+    through `rename_legacy_weight_norm_keys`.
     """
-    conv = weight_norm(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2))
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        v = self.weight.detach().clone()
+        del self.weight
+        self.weight_g = nn.Parameter(
+            torch.linalg.vector_norm(v.flatten(1), dim=1).view(-1, 1, 1, 1)
+        )
+        self.weight_v = nn.Parameter(v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, torch._weight_norm(self.weight_v, self.weight_g, 0), self.bias)
+
+
+LEGACY_WEIGHT_NORM_KEYS = {
+    "parametrizations.weight.original0": "weight_g",
+    "parametrizations.weight.original1": "weight_v",
+}
+
+
+def rename_legacy_weight_norm_keys(state_dict: dict) -> None:
+    """In place: `<conv>.parametrizations.weight.original0/1` (torch's weight-norm
+    parametrization, used by RealNVP checkpoints before `WeightNormConv2d`) ->
+    `<conv>.weight_g` / `<conv>.weight_v`; the same tensors and order."""
+    for key in list(state_dict):
+        for old, new in LEGACY_WEIGHT_NORM_KEYS.items():
+            if key.endswith("." + old):
+                state_dict[key[: -len(old)] + new] = state_dict.pop(key)
+
+
+def wn_conv(
+    in_channels: int, out_channels: int, kernel_size: int, zero: bool = False
+) -> WeightNormConv2d:
+    """A `WeightNormConv2d`; zero=True starts it as the zero map (g = 0, bias = 0): a
+    coupling whose net ends in it starts as the identity."""
+    conv = WeightNormConv2d(in_channels, out_channels, kernel_size)
     if zero:
         with torch.no_grad():
-            conv.parametrizations.weight.original0.zero_()
+            conv.weight_g.zero_()
             conv.bias.zero_()
     return conv
 

@@ -114,6 +114,24 @@ class ActNorm(Flow):
         return x, -self._log_det(y)
 
 
+def _batch_norms(module: nn.Module) -> tuple[list[BatchNormFlow], list[nn.Module]]:
+    """(every `BatchNormFlow`, every torch BatchNorm layer) in `module`, in module order."""
+    flows = [m for m in module.modules() if isinstance(m, BatchNormFlow)]
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return flows, layers
+
+
+def running_statistics(module: nn.Module) -> list[torch.Tensor]:
+    """The running mean and variance buffers [C] of every batch norm in `module`.
+
+    After `recalibrate_batch_norm` each is an equal-weight average over the batches, so
+    when several processes recalibrated on the same number of batches each, the average of
+    their buffers is exactly the recalibration over all their batches together.
+    """
+    flows, layers = _batch_norms(module)
+    return [buffer for m in flows + layers for buffer in (m.running_mean, m.running_var)]
+
+
 @torch.no_grad()
 def recalibrate_batch_norm(
     module: nn.Module, batches: Iterable[torch.Tensor], forward: Callable[[torch.Tensor], object]
@@ -131,8 +149,7 @@ def recalibrate_batch_norm(
     batches used (0, changing nothing, when there are no batches or no batch norms).
     """
     batches = list(batches)
-    flows = [m for m in module.modules() if isinstance(m, BatchNormFlow)]
-    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    flows, layers = _batch_norms(module)
     if not batches or not (flows or layers):
         return 0
     was_training = module.training
