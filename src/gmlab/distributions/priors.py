@@ -101,14 +101,21 @@ class MixturePrior(Prior):
         const = (self.means.square() * prec).sum(-1) + self.logvars.sum(-1) + self.dim * LOG_2PI
         return torch.cat([prec, -2.0 * self.means * prec, const[:, None]], dim=1)
 
+    def _against_components(
+        self, square: torch.Tensor, linear: torch.Tensor, bias: torch.Tensor, alpha: float
+    ) -> torch.Tensor:
+        """[N, K] bias + alpha [square, linear, 1] . w_k (w = `quadratic_form`), one addmm:
+        -2 log N(z; m_k, V_k) at z for (z^2, z), its expectation under q for (E z^2, E z)."""
+        features = torch.cat([square, linear, linear.new_ones(linear.shape[0], 1)], dim=1)
+        return torch.addmm(bias, features, self.quadratic_form().T, alpha=alpha)
+
     def component_log_prob(self, z: torch.Tensor, offset: torch.Tensor | None = None):
         """[N, D] -> [N, K] log N(z; m_k, diag v_k) (+ offset [K]): one matrix product of
         the features [z^2, z, 1] with `quadratic_form` (no [N, K, D] tensor, and no
         further [N, K] passes: 3.3x faster than forming the three terms separately at
         N = 20000, K = 500, D = 32 on one CPU thread)."""
-        features = torch.cat([z.square(), z, z.new_ones(z.shape[0], 1)], dim=1)
         bias = z.new_zeros(self.n_components) if offset is None else offset
-        return torch.addmm(bias, features, self.quadratic_form().T, alpha=-0.5)
+        return self._against_components(z.square(), z, bias, alpha=-0.5)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(self.component_log_prob(z, offset=self.log_weights), -1)
@@ -119,14 +126,10 @@ class MixturePrior(Prior):
         return self.means[k] + torch.exp(0.5 * self.logvars[k]) * eps
 
     def component_kl(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """[N, K] analytic KL(N(mu, exp(logvar)) || N(m_k, v_k)) for every component."""
-        prec = torch.exp(-self.logvars)  # [K, D]
-        quad = (
-            (mu.square() + logvar.exp()) @ prec.T
-            - 2.0 * mu @ (self.means * prec).T
-            + (self.means.square() * prec).sum(-1)
-        )
-        return 0.5 * (quad + self.logvars.sum(-1) - logvar.sum(-1, keepdim=True) - self.dim)
+        """[N, K] analytic KL(N(mu, exp(logvar)) || N(m_k, v_k)) for every component:
+        0.5 (E_q[-2 log N(z; m_k, V_k)] - log|S| - D (log 2 pi + 1)), S = diag(exp(logvar))."""
+        bias = -logvar.sum(-1, keepdim=True) - self.dim * (LOG_2PI + 1.0)  # [N, 1]
+        return 0.5 * self._against_components(mu.square() + logvar.exp(), mu, bias, alpha=1.0)
 
     def approx_kl(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """[N] Rui Shu's approximation KL(q || sum pi_j p_j) ~ -log sum_j pi_j exp(-KL(q||p_j))."""

@@ -72,9 +72,14 @@ class GmlabModule(L.LightningModule):
         """Named images [3 or 1, H, W] in [0, 1] for TensorBoard/PNG, from a raw val batch."""
         return {}
 
+    @staticmethod
+    def batch_inputs(batch):
+        """The inputs of a batch: its first element for (x, y) pairs, else the batch."""
+        return batch[0] if isinstance(batch, (tuple, list)) else batch
+
     def check_batch(self, batch, batch_idx: int) -> None:
         """Stop on float inputs with NaN/inf, naming the batch (integer images cannot hold them)."""
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = self.batch_inputs(batch)
         if torch.is_tensor(x) and x.is_floating_point():
             self.check_finite(x, "input batch", batch_idx)
 
@@ -84,8 +89,7 @@ class GmlabModule(L.LightningModule):
             lr = self.lr_schedule.apply(
                 self.trainer.optimizers[0], self.hparams.lr, self.global_step
             )
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            self.log("train/lr", lr, batch_size=x.shape[0])
+            self.log("train/lr", lr, batch_size=self.batch_inputs(batch).shape[0])
 
     def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0):
         self.check_batch(batch, batch_idx)
