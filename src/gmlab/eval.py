@@ -1,6 +1,7 @@
 """`gmlab-eval ckpt_path=... [data=...]`: test any gmlab checkpoint in its own run directory.
 
-Without `data=...` the data config recorded in the checkpoint is used. Metrics go to
+Without `data=...` the data config recorded in the checkpoint is used (`data.root=<dir>`
+points it at moved data). Metrics go to
 `<run>/metrics.json` and TensorBoard; `ndb.enabled=true` adds the NDB metric for models
 that can sample.
 """
@@ -25,13 +26,22 @@ os.environ.setdefault("GMLAB_ROOT", str(PROJECT_ROOT))
 
 
 def data_config(cfg: DictConfig, checkpoint: dict) -> DictConfig:
-    """`data=...` from the command line, else the data config stored with the checkpoint."""
-    if cfg.get("data") is not None:
-        return cfg.data
+    """The data config to test on.
+
+    `data=<name>` on the command line: that config. Otherwise the one stored with the
+    checkpoint, with the keys given on the command line (`data.root=<dir>`,
+    `+data.<key>=<value>`) replacing its own. A null `root` means "unchanged" (eval.yaml's
+    default).
+    """
+    given = OmegaConf.to_container(cfg.data, resolve=True)
+    if given.get("root", "") is None:
+        del given["root"]
+    if "_target_" in given:
+        return OmegaConf.create(given)
     stored = checkpoint.get("gmlab", {}).get("config", {}).get("data")
     if not stored:
         raise GmlabError(f"{cfg.ckpt_path} records no data config: pass data=<name> explicitly.")
-    return OmegaConf.create(stored)
+    return OmegaConf.merge(OmegaConf.create(stored), given)
 
 
 def ndb_metrics(model, datamodule, cfg: DictConfig) -> dict[str, float]:

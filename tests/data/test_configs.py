@@ -3,6 +3,7 @@ a missing dataset on the command line is one clear paragraph, no traceback."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,39 @@ def test_missing_dataset_on_the_command_line(tmp_path, run_env):
     assert "Traceback" not in out.stderr + out.stdout
     error = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "MNIST not found" in error[0] and str(tmp_path) in error[0]
+
+
+def test_eval_finds_moved_data_through_data_root(tmp_path, run_env, files):
+    """gmlab-eval takes the data config stored in the checkpoint; `data.root=` alone
+    re-points it after the data moved, and the metrics match the training run's test."""
+
+    def cli(script, *args):
+        exe = Path(sys.executable).with_name(script)
+        cmd = [str(exe), *args]
+        return subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=300)
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    files.write_mnist(old, n_train=200, n_test=30)
+    run = tmp_path / "run"
+    train = cli(
+        "gmlab-train",
+        *("data=mnist", f"data.root={old}", "data.val_size=40", "model=gaussian"),
+        *("trainer.max_epochs=1", "~callbacks.progress_bar", "~callbacks.model_summary"),
+        f"hydra.run.dir={run}",
+    )
+    assert train.returncode == 0, train.stderr
+    old.rename(new)
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+
+    stale = cli("gmlab-eval", f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'stale'}")
+    assert stale.returncode == 1 and "MNIST not found" in stale.stderr and str(old) in stale.stderr
+    moved = cli(
+        "gmlab-eval",
+        *(f"ckpt_path={best}", f"data.root={new}", "seed=12345"),
+        f"hydra.run.dir={tmp_path / 'moved'}",
+    )
+    assert moved.returncode == 0, moved.stderr
+    trained = json.loads((run / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "moved" / "metrics.json").read_text())
+    assert evaluated["test/bpd"] == pytest.approx(trained["test/bpd"], abs=1e-6)
+    assert "Traceback" not in stale.stderr + moved.stderr
