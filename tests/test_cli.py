@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from support.cli import gmlab
 
 POINTS = [
     "model=gaussian",
@@ -23,14 +21,6 @@ POINTS = [
     "~callbacks.model_summary",
     "seed=7",
 ]
-
-
-def gmlab(script: str, args: list[str], env, check: bool = True) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name(script)
-    out = subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=300)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{script} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-    return out
 
 
 def test_sigkilled_run_resumes_to_identical_metrics(tmp_path, run_env):

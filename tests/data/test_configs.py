@@ -4,13 +4,12 @@ a missing dataset on the command line is one clear paragraph, no traceback."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import hydra
 import pytest
 from omegaconf import OmegaConf
+from support.cli import gmlab
 
 from gmlab.data import CachedDataModule
 from gmlab.errors import ShapeError
@@ -65,20 +64,8 @@ def test_every_data_config_is_covered():
 
 
 def test_missing_dataset_on_the_command_line(tmp_path, run_env):
-    exe = Path(sys.executable).with_name("gmlab-train")
-    out = subprocess.run(
-        [
-            str(exe),
-            "data=mnist",
-            f"data.root={tmp_path}",
-            "model=gaussian",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        env=run_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["data=mnist", f"data.root={tmp_path}", "model=gaussian"]
+    out = gmlab("gmlab-train", [*args, f"hydra.run.dir={tmp_path / 'run'}"], run_env, check=False)
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr + out.stdout
     error = [line for line in out.stderr.splitlines() if line.startswith("error:")]
@@ -88,34 +75,24 @@ def test_missing_dataset_on_the_command_line(tmp_path, run_env):
 def test_eval_finds_moved_data_through_data_root(tmp_path, run_env, files):
     """gmlab-eval takes the data config stored in the checkpoint; `data.root=` alone
     re-points it after the data moved, and the metrics match the training run's test."""
-
-    def cli(script, *args):
-        exe = Path(sys.executable).with_name(script)
-        cmd = [str(exe), *args]
-        return subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=300)
-
     old, new = tmp_path / "old", tmp_path / "new"
     files.write_mnist(old, n_train=200, n_test=30)
     run = tmp_path / "run"
-    train = cli(
-        "gmlab-train",
-        *("data=mnist", f"data.root={old}", "data.val_size=40", "model=gaussian"),
-        *("trainer.max_epochs=1", "~callbacks.progress_bar", "~callbacks.model_summary"),
-        f"hydra.run.dir={run}",
-    )
-    assert train.returncode == 0, train.stderr
+    data = ["data=mnist", f"data.root={old}", "data.val_size=40"]
+    quiet = ["~callbacks.progress_bar", "~callbacks.model_summary"]
+    args = [*data, "model=gaussian", "trainer.max_epochs=1", *quiet, f"hydra.run.dir={run}"]
+    gmlab("gmlab-train", args, run_env)
     old.rename(new)
-    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    best = str(next((run / "checkpoints").glob("best-*.ckpt")))
 
-    stale = cli("gmlab-eval", f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'stale'}")
-    assert stale.returncode == 1 and "MNIST not found" in stale.stderr and str(old) in stale.stderr
-    moved = cli(
-        "gmlab-eval",
-        *(f"ckpt_path={best}", f"data.root={new}", "seed=12345"),
-        f"hydra.run.dir={tmp_path / 'moved'}",
+    stale = gmlab(
+        "gmlab-eval", [f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 's'}"], run_env, check=False
     )
-    assert moved.returncode == 0, moved.stderr
+    assert stale.returncode == 1 and "MNIST not found" in stale.stderr and str(old) in stale.stderr
+    moved = tmp_path / "moved"
+    args = [f"ckpt_path={best}", f"data.root={new}", "seed=12345", f"hydra.run.dir={moved}"]
+    out = gmlab("gmlab-eval", args, run_env)
     trained = json.loads((run / "metrics.json").read_text())
-    evaluated = json.loads((tmp_path / "moved" / "metrics.json").read_text())
+    evaluated = json.loads((moved / "metrics.json").read_text())
     assert evaluated["test/bpd"] == pytest.approx(trained["test/bpd"], abs=1e-6)
-    assert "Traceback" not in stale.stderr + moved.stderr
+    assert "Traceback" not in stale.stderr + out.stderr
