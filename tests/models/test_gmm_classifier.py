@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from support.compose import train_config
+from support.trainer import quiet_trainer
 
 from gmlab.data import DigitsDataModule
 from gmlab.errors import ShapeError
@@ -58,15 +58,7 @@ def test_short_training_improves_accuracy(head, cov):
     x_val, y_val = dm.tensors("val")
     model = small_model(head=head, covariance=cov or "tril", components_per_class=2)
     before = accuracy(model, x_val, y_val)
-    L.Trainer(
-        accelerator="cpu",
-        max_epochs=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    ).fit(model, datamodule=dm)
+    quiet_trainer(max_epochs=4).fit(model, datamodule=dm)
     after = accuracy(model, x_val, y_val)
     assert before < 0.3 and after > 0.75, (before, after)
     assert isinstance(model.head, GaussianMixtureClassifier if head == "gmm" else torch.nn.Linear)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from support.compose import train_config
+from support.trainer import quiet_trainer
 
 from gmlab.estimators.mfa import _TensorDataModule
 from gmlab.models.mfa import MFAModel
@@ -114,16 +114,10 @@ def fit_points(strategy: str, devices: int):
     x[200:] += 4.0
     dm = _TensorDataModule(x, batch_size=50)  # 8 batches: 4 per rank under 2 processes
     model = MFAModel([6], n_components=3, n_factors=2, init="kmeans", noise_floor=1e-4)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=devices,
         strategy=strategy,
         max_epochs=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
         use_distributed_sampler=False,
     )
