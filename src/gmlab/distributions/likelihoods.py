@@ -176,9 +176,12 @@ class DiscretizedLogisticLikelihood(Likelihood):
         return x.clamp(self.low, self.high)
 
 
-def build_likelihood(name: str, event_dims: int, scale: str = "unit", **kwargs) -> Likelihood:
+def build_likelihood(
+    name: str, event_dims: int, scale: str = "unit", num_levels: int = 256, **kwargs
+) -> Likelihood:
     """A likelihood by config name: bernoulli, gaussian (learned variance), gaussian_fixed,
-    discretized_logistic (bins over [0,1] or [-1,1] by the preprocessor's `scale`)."""
+    discretized_logistic (`num_levels` bins over [0,1] or [-1,1] by the preprocessor's
+    `scale`)."""
     if name == "bernoulli":
         return BernoulliLikelihood(event_dims)
     if name == "gaussian":
@@ -187,7 +190,7 @@ def build_likelihood(name: str, event_dims: int, scale: str = "unit", **kwargs) 
         return GaussianLikelihood(event_dims, learn_variance=False, **kwargs)
     if name == "discretized_logistic":
         low = -1.0 if scale == "symmetric" else 0.0
-        return DiscretizedLogisticLikelihood(event_dims, low=low, high=1.0, **kwargs)
+        return DiscretizedLogisticLikelihood(event_dims, num_levels, low=low, high=1.0, **kwargs)
     raise ConfigError(
         f"unknown likelihood {name!r}; choose bernoulli, gaussian, gaussian_fixed or "
         "discretized_logistic"

@@ -105,7 +105,10 @@ class VAE(GenerativeModel):
         self.latent_dim = int(latent_dim)
         self.eval_cfg = {"iwae_k": 1000, "iwae_batch": 8192, "val_iwae_k": 0, **(eval or {})}
         self.likelihood = build_likelihood(
-            likelihood, len(self.data_shape), scale=self.preprocess.scale
+            likelihood,
+            len(self.data_shape),
+            scale=self.preprocess.scale,
+            num_levels=self.preprocess.num_levels or 256,
         )
         p = self.likelihood.num_params
         if architecture == "mlp":
