@@ -1,0 +1,272 @@
+"""VQ-VAE (van den Oord et al. 2017) and its second stage, a Gated PixelCNN prior over
+the codes.
+
+Stage 1, `VQVAE`: encoder -> [B, D, h, w] -> nearest of K codes (`VectorQuantizer`) ->
+decoder -> likelihood p(x | z_q). Loss per image, with D_x the data dimensions:
+    -log p(x | z_q) / D_x + ||sg[z_e] - z_q||^2 + beta ||z_e - sg[z_q]||^2   (means).
+Stage 2, `VQVAEPixelCNN`: the trained VQ-VAE frozen; a `GatedPixelCNN` learns p(codes).
+
+Bits/dim, the shared convention: the codes are a deterministic function of x, so for any
+prior p(z) over the h x w grid of codes
+    log p(x) = log sum_z p(z) p(x | z) >= log p(x | z_q(x)) + log p(z_q(x)),
+with p(z) uniform over K^(h w) grids in stage 1 (log p = -h w log K) and the PixelCNN in
+stage 2. Both stages report that bound as `val/bpd`, `test/bpd` (dequantized unit-cube
+density, as every density model here).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from gmlab.distributions.likelihoods import build_likelihood
+from gmlab.errors import ConfigError
+from gmlab.models.base import GenerativeModel, image_grid
+from gmlab.nn.pixelcnn import GatedPixelCNN
+from gmlab.nn.vector_quantizer import VectorQuantizer, perplexity
+from gmlab.nn.vq_autoencoder import VQDecoder, VQEncoder
+from gmlab.utils.checkpoint import load_model
+
+
+class VQVAE(GenerativeModel):
+    """Vector-quantized autoencoder over [C, H, W] images.
+
+    Args:
+        data_shape: (C, H, W); H and W divisible by 2^downsample.
+        preprocess: `gmlab.data.Preprocessor` options (the seed: scale=symmetric, [-1, 1]).
+        num_codes: K, codebook size (the seed: 128).
+        code_dim: D, size of each code vector (the seed: 256).
+        hidden: channels of the encoder/decoder convolutions.
+        downsample: stride-2 layers; the code grid is (H / 2^s, W / 2^s) (32x32 -> 8x8 at 2).
+        res_blocks: residual blocks in the encoder and in the decoder.
+        likelihood: decoder likelihood: discretized_logistic (default) or gaussian_fixed
+            (N(mu, I), the seed's plain reconstruction loss; a loose density).
+        beta: weight of the commitment loss.
+        lr: Adam learning rate; lr_schedule: `WarmupStableDecay` options (empty: constant).
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        preprocess: dict | None = None,
+        num_codes: int = 128,
+        code_dim: int = 256,
+        hidden: int = 256,
+        downsample: int = 2,
+        res_blocks: int = 2,
+        likelihood: str = "discretized_logistic",
+        beta: float = 0.25,
+        lr: float = 1e-3,
+        lr_schedule: dict | None = None,
+    ) -> None:
+        super().__init__(data_shape, preprocess)
+        self.save_hyperparameters()
+        if not self.is_image:
+            raise ConfigError(f"VQVAE models [C, H, W] images, got data_shape {self.data_shape}")
+        channels, height, width = self.data_shape
+        step = 2**downsample
+        if height % step or width % step:
+            raise ConfigError(
+                f"model.downsample={downsample} needs H and W divisible by {step}, "
+                f"got {height}x{width}"
+            )
+        self.grid_shape = (height // step, width // step)
+        self.likelihood = build_likelihood(
+            likelihood,
+            3,
+            scale=self.preprocess.scale,
+            num_levels=self.preprocess.num_levels or 256,
+        )
+        params = self.likelihood.num_params
+        self.encoder = VQEncoder(channels, code_dim, hidden, downsample, res_blocks)
+        self.quantizer = VectorQuantizer(num_codes, code_dim)
+        self.decoder = VQDecoder(code_dim, params * channels, hidden, downsample, res_blocks)
+        self.use_lr_schedule(lr_schedule)
+        self._val_codes: list[torch.Tensor] = []
+
+    @property
+    def num_codes(self) -> int:
+        return self.quantizer.num_codes
+
+    @property
+    def num_latents(self) -> int:
+        """Codes per image, h * w."""
+        return math.prod(self.grid_shape)
+
+    # ------------------------------------------------------------------ parts
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, D, h, w] code vectors -> likelihood parameters [B, P, C, H, W]."""
+        out = self.decoder(z)
+        return out.view(z.shape[0], self.likelihood.num_params, *self.data_shape)
+
+    def codes(self, x_raw: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """Raw batch -> [B, h, w] code indices (of the dequantized batch)."""
+        x, _ = self.prepare(x_raw, train=train)
+        return self.quantizer.nearest(self.encoder(x))
+
+    def reconstruction_log_prob(self, x_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(x | z_q(x)) + preprocessing log-det [B] in nats, codes [B, h, w])."""
+        x, log_det = self.prepare(x_raw)
+        codes = self.quantizer.nearest(self.encoder(x))
+        params = self.decode(self.quantizer.lookup(codes))
+        return self.likelihood.log_prob(x, params) + log_det, codes
+
+    def code_log_prob(self, codes: torch.Tensor) -> torch.Tensor:
+        """[B] log p(codes) under the uniform prior: -h w log K."""
+        log_p = -self.num_latents * math.log(self.num_codes)
+        return torch.full((codes.shape[0],), log_p, device=codes.device)
+
+    def log_likelihood(self, x_raw: torch.Tensor) -> torch.Tensor:
+        """[B] the bound log p(x | z_q(x)) + log p(z_q(x)), uniform p(z)."""
+        recon, codes = self.reconstruction_log_prob(x_raw)
+        return recon + self.code_log_prob(codes)
+
+    # --------------------------------------------------------------- objective
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, _ = self.prepare(batch[0], train=True)
+        q = self.quantizer(self.encoder(x))
+        recon = self.likelihood.log_prob(x, self.decode(q.z))
+        vq = q.codebook_loss + self.hparams.beta * q.commitment_loss
+        loss = -recon.mean() / self.num_dims + vq
+        self.check_finite(loss, "train/loss", batch_idx)
+        bs = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/recon", -recon.mean(), batch_size=bs)
+        self.log("train/vq_loss", vq, batch_size=bs)
+        self.log("train/perplexity", perplexity(q.codes, self.num_codes), batch_size=bs)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    # -------------------------------------------------------------- evaluation
+    def validation_step(self, batch, batch_idx: int):
+        super().validation_step(batch, batch_idx)
+        self._val_codes.append(self.codes(batch[0]).flatten())
+
+    def on_validation_epoch_end(self) -> None:
+        """Codebook use over the validation set: perplexity and the number of codes used."""
+        if not self._val_codes:
+            return
+        codes = torch.cat(self._val_codes)
+        self._val_codes.clear()
+        used = float(torch.unique(codes).numel())
+        self.log("val/perplexity", perplexity(codes, self.num_codes), sync_dist=True)
+        self.log("val/codes_used", used, sync_dist=True)
+
+    # ---------------------------------------------------------------- sampling
+    def decode_codes(self, codes: torch.Tensor, noise: bool = False) -> torch.Tensor:
+        """[B, h, w] codes -> [B, C, H, W] images in pixel range (decoder means, or samples
+        of the likelihood with `noise`)."""
+        params = self.decode(self.quantizer.lookup(codes))
+        x = self.likelihood.sample(params) if noise else self.likelihood.mean(params)
+        return self.preprocess.to_pixels(x)
+
+    def sample(self, n: int) -> torch.Tensor:
+        """[n, C, H, W] from uniformly drawn codes (stage 2's prior gives real samples)."""
+        codes = torch.randint(self.num_codes, (n, *self.grid_shape), device=self.device)
+        return self.decode_codes(codes)
+
+    def reconstruct(self, x_raw: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, C, H, W] decoder means at the batch's own codes (no in-painting: `mask`)."""
+        if mask is not None:
+            raise NotImplementedError("VQVAE reconstructs whole images only")
+        return self.decode_codes(self.codes(x_raw))
+
+
+class VQVAEPixelCNN(GenerativeModel):
+    """Stage 2: a Gated PixelCNN prior over the codes of a trained, frozen VQ-VAE.
+
+    Trains by maximum likelihood of the training images' code grids; samples draw codes
+    from the PixelCNN (raster order) and decode them. The checkpoint holds both stages.
+    The VQ-VAE's parameters take no gradients and it has no batch norm or dropout, so its
+    train/eval mode changes nothing.
+
+    Args:
+        data_shape: (C, H, W), the VQ-VAE's.
+        vqvae_ckpt: checkpoint of a trained `VQVAE` (`gmlab-train experiment=vqvae_...`).
+        vqvae: the VQ-VAE's hyperparameters; filled from `vqvae_ckpt` on the first build,
+            so that this model's own checkpoints rebuild without that file.
+        embed_dim, channels, num_blocks, kernel_size, head_channels: `GatedPixelCNN`'s.
+        lr: Adam learning rate; lr_schedule: `WarmupStableDecay` options (empty: constant).
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        vqvae_ckpt: str | None = None,
+        vqvae: dict | None = None,
+        embed_dim: int = 64,
+        channels: int | None = None,
+        num_blocks: int = 12,
+        kernel_size: int = 3,
+        head_channels: int = 512,
+        lr: float = 1e-3,
+        lr_schedule: dict | None = None,
+    ) -> None:
+        autoencoder = frozen_vqvae(vqvae_ckpt, vqvae)
+        super().__init__(data_shape, autoencoder.preprocess.config())
+        self.save_hyperparameters()
+        self.hparams["vqvae"] = dict(autoencoder.hparams)
+        if self.data_shape != autoencoder.data_shape:
+            raise ConfigError(
+                f"the VQ-VAE was trained on {list(autoencoder.data_shape)} images, "
+                f"the data are {list(self.data_shape)}"
+            )
+        self.vqvae = autoencoder
+        self.prior = GatedPixelCNN(
+            autoencoder.num_codes, embed_dim, channels, num_blocks, kernel_size, head_channels
+        )
+        self.use_lr_schedule(lr_schedule)
+
+    def log_likelihood(self, x_raw: torch.Tensor) -> torch.Tensor:
+        """[B] the bound log p(x | z_q(x)) + log p_PixelCNN(z_q(x))."""
+        recon, codes = self.vqvae.reconstruction_log_prob(x_raw)
+        return recon + self.prior.log_prob(codes)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        with torch.no_grad():
+            codes = self.vqvae.codes(batch[0], train=True)
+        loss = -self.prior.log_prob(codes).mean() / self.vqvae.num_latents
+        self.check_finite(loss, "train/loss", batch_idx)
+        self.log("train/loss", loss, prog_bar=True, batch_size=codes.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.prior.parameters(), lr=self.hparams.lr)
+
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """[n, C, H, W]: codes from the PixelCNN, decoded to decoder means."""
+        codes = self.prior.sample(n, *self.vqvae.grid_shape, temperature=temperature)
+        return self.vqvae.decode_codes(codes)
+
+    def reconstruct(self, x_raw: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.vqvae.reconstruct(x_raw, mask)
+
+    def figures(self, x_raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Samples from the PixelCNN prior beside samples of uniformly drawn codes."""
+        out = super().figures(x_raw)
+        levels = self.preprocess.num_levels - 1
+        out["samples_uniform_codes"] = image_grid(self.vqvae.sample(64) / levels)
+        return out
+
+
+def frozen_vqvae(path: str | None, hparams: dict | None) -> VQVAE:
+    """The stage-1 model, without gradients: built from `hparams` (its weights then come
+    with the stage-2 checkpoint) or loaded from the checkpoint at `path`."""
+    if hparams:
+        model = VQVAE(**hparams)
+    elif path:
+        model = load_model(path)
+        if not isinstance(model, VQVAE):
+            raise ConfigError(
+                f"model.vqvae_ckpt={path} holds a {type(model).__name__}, not a VQVAE"
+            )
+    else:
+        raise ConfigError(
+            "model.vqvae_ckpt is required: the checkpoint of a trained VQ-VAE "
+            "(gmlab-train experiment=vqvae_<data>, then <run>/checkpoints/best-*.ckpt)"
+        )
+    return model.requires_grad_(False)

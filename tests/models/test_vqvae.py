@@ -1,0 +1,160 @@
+"""VQ-VAE and its Gated PixelCNN stage: the bits/dim bound against the exact marginal
+likelihood, two-stage training on digits, self-contained checkpoints, presets, errors."""
+
+from __future__ import annotations
+
+import math
+
+import hydra
+import lightning as L
+import pytest
+import torch
+from support.compose import train_config
+
+from gmlab.errors import ConfigError, GmlabError
+from gmlab.models.vae import VAE
+from gmlab.models.vqvae import VQVAE, VQVAEPixelCNN
+from gmlab.train import train
+from gmlab.utils.checkpoint import load_model, read_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def save_untrained(model: L.LightningModule, path) -> str:
+    """A checkpoint of `model` as gmlab-train writes one (weights, hyperparameters, class)."""
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def one_code_vqvae(num_codes: int = 5) -> VQVAE:
+    """A VQ-VAE whose 1 x 2 x 2 images have a single code (1 x 1 grid), bin-centre inputs."""
+    torch.manual_seed(0)
+    model = VQVAE(
+        (1, 2, 2),
+        {"dequantize": False, "scale": "symmetric"},
+        num_codes=num_codes,
+        code_dim=3,
+        hidden=8,
+        downsample=1,
+        res_blocks=1,
+    )
+    with torch.no_grad():
+        model.quantizer.codebook.normal_()
+    return model.eval()
+
+
+def per_code_log_likelihoods(model: VQVAE, x_raw: torch.Tensor) -> torch.Tensor:
+    """[B, K] log p(x | e_k) + log-det for every code k of a 1 x 1 grid, by enumeration."""
+    x, log_det = model.prepare(x_raw)
+    codebook = model.quantizer.codebook[:, :, None, None]  # [K, D, 1, 1]
+    params = model.decode(codebook)  # [K, P, C, H, W]
+    return (
+        torch.stack([model.likelihood.log_prob(x, p[None]) for p in params], 1) + log_det[:, None]
+    )
+
+
+def test_stage_one_bound_is_the_nearest_codes_term_of_the_exact_marginal():
+    model = one_code_vqvae()
+    x_raw = torch.randint(0, 256, (6, 1, 2, 2), dtype=torch.uint8)
+    with torch.no_grad():
+        terms = per_code_log_likelihoods(model, x_raw) - math.log(5)  # uniform p(z)
+        exact = torch.logsumexp(terms, 1)
+        bound = model.log_likelihood(x_raw)
+        z_e = model.encoder(model.prepare(x_raw)[0]).flatten(1)  # [B, D]
+    nearest = torch.cdist(z_e.double(), model.quantizer.codebook.double()).argmin(1)
+    assert torch.allclose(bound, terms[torch.arange(6), nearest], atol=1e-4)
+    assert (bound <= exact + 1e-5).all()
+    bits = model.to_bits(bound)
+    assert torch.allclose(bits, -(bound - 4 * math.log(256)) / (4 * math.log(2)), atol=1e-5)
+
+
+def test_stage_two_bound_uses_the_pixelcnn_prior():
+    stage_one = one_code_vqvae()
+    model = VQVAEPixelCNN((1, 2, 2), vqvae=dict(stage_one.hparams), num_blocks=1, channels=8)
+    model.vqvae.load_state_dict(stage_one.state_dict())
+    x_raw = torch.randint(0, 256, (6, 1, 2, 2), dtype=torch.uint8)
+    with torch.no_grad():
+        model.prior.head[-1].bias.copy_(torch.randn(5) * 2)  # a non-uniform p(z)
+        log_prior = torch.log_softmax(
+            model.prior(torch.zeros(1, 1, 1, dtype=torch.long))[0, :, 0, 0], 0
+        )
+        terms = per_code_log_likelihoods(stage_one, x_raw) + log_prior  # first position: no context
+        bound = model.log_likelihood(x_raw)
+        codes = stage_one.codes(x_raw).flatten()
+    assert torch.allclose(bound, terms[torch.arange(6), codes], atol=1e-4)
+    assert (bound <= torch.logsumexp(terms, 1) + 1e-5).all()
+
+
+def test_two_stages_train_on_digits_and_the_prior_beats_uniform_codes(tmp_path):
+    quick = ["trainer.max_epochs=12", "trainer.deterministic=true", "seed=3"]
+    stage_one = train(train_config(tmp_path / "vq", ["experiment=vqvae_digits", *quick]))
+    assert 0 < stage_one["test/bpd"] < 6.0  # 8 bits/dim: a uniform density over the levels
+    assert stage_one["val/codes_used"] > 4 and stage_one["val/perplexity"] > 3
+    best = str(next((tmp_path / "vq" / "checkpoints").glob("best-*.ckpt")))
+    cfg = train_config(
+        tmp_path / "pcnn", ["experiment=vqvae_pixelcnn_digits", f"model.vqvae_ckpt={best}", *quick]
+    )
+    stage_two = train(cfg)
+    # same decoder term, the learned prior in place of log(1/K) per code
+    assert stage_two["test/bpd"] < stage_one["test/bpd"] - 0.1, (stage_one, stage_two)
+    images = tmp_path / "pcnn" / "images"
+    assert {"samples", "samples_uniform_codes", "reconstructions"} <= {
+        p.name for p in images.iterdir()
+    }
+
+    # the stage-2 checkpoint holds the VQ-VAE: it rebuilds after the stage-1 file is gone
+    stage_one_weights = read_checkpoint(best)["state_dict"]
+    (tmp_path / "vq").rename(tmp_path / "moved")
+    model = load_model(next((tmp_path / "pcnn" / "checkpoints").glob("best-*.ckpt")))
+    assert isinstance(model, VQVAEPixelCNN)
+    for key, value in stage_one_weights.items():
+        assert torch.equal(model.vqvae.state_dict()[key], value), key
+    samples = model.sample(4)
+    assert samples.shape == (4, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 255
+    assert all(not p.requires_grad for p in model.vqvae.parameters())
+
+
+@pytest.mark.parametrize("data", ["cifar10", "svhn", "digits"])
+def test_presets_build_both_stages(tmp_path, data):
+    cfg = train_config(tmp_path, [f"experiment=vqvae_{data}"])
+    stage_one = hydra.utils.instantiate(cfg.model, _convert_="all")
+    assert isinstance(stage_one, VQVAE) and stage_one.preprocess.scale == "symmetric"
+    if data != "digits":  # the seed's settings
+        assert (stage_one.num_codes, stage_one.hparams.code_dim) == (128, 256)
+        assert stage_one.grid_shape == (8, 8)
+        assert (cfg.data.batch_size, stage_one.hparams.lr) == (128, 1e-3)
+    path = save_untrained(stage_one, tmp_path / "stage1.ckpt")
+    cfg = train_config(tmp_path, [f"experiment=vqvae_pixelcnn_{data}", f"model.vqvae_ckpt={path}"])
+    stage_two = hydra.utils.instantiate(cfg.model, _convert_="all")
+    if data != "digits":
+        assert stage_two.prior.embedding.embedding_dim == 64
+        assert 10 <= len(stage_two.prior.layers) - 1 <= 15
+        assert stage_two.prior.head[1].out_channels == 512
+    x = torch.zeros(2, *stage_two.data_shape, dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.isfinite(stage_two.log_likelihood(x)).all()
+
+
+def test_bad_configurations_are_clear_errors(tmp_path):
+    with pytest.raises(GmlabError, match="missing required option.*model.vqvae_ckpt"):
+        train(train_config(tmp_path, ["experiment=vqvae_pixelcnn_digits"]))
+    with pytest.raises(ConfigError, match="model.vqvae_ckpt is required"):
+        VQVAEPixelCNN((1, 8, 8))
+    vae = VAE((1, 8, 8), latent_dim=2, hidden=[8])
+    with pytest.raises(ConfigError, match="holds a VAE, not a VQVAE"):
+        VQVAEPixelCNN((1, 8, 8), vqvae_ckpt=save_untrained(vae, tmp_path / "vae.ckpt"))
+    small = VQVAE((1, 8, 8), num_codes=4, code_dim=2, hidden=4, downsample=1)
+    with pytest.raises(
+        ConfigError, match=r"trained on \[1, 8, 8\] images, the data are \[1, 16, 16\]"
+    ):
+        VQVAEPixelCNN((1, 16, 16), vqvae_ckpt=save_untrained(small, tmp_path / "vq.ckpt"))
+    with pytest.raises(ConfigError, match="downsample=4 needs H and W divisible by 16"):
+        VQVAE((1, 8, 8), downsample=4)
+    with pytest.raises(ConfigError, match="models \\[C, H, W\\] images"):
+        VQVAE((2,))
