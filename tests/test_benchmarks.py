@@ -19,3 +19,17 @@ def test_realnvp_reference_and_gmlab_share_weights_and_loss():
     assert 7.0 < theirs < 12.0  # a randomized flow: far from trained, far from degenerate
     assert ours == pytest.approx(theirs, abs=1e-4)
     assert ours_bf16 == pytest.approx(theirs, abs=2e-2)
+
+
+def test_vqvae_broadcast_search_finds_the_same_codes():
+    """bench_vqvae times gmlab's nearest-code search against the broadcast [N, K, D] form:
+    both must return the same codes (checked here on random codebooks and inputs)."""
+    from benchmarks.bench_vqvae import broadcast_nearest
+    from gmlab.nn.vector_quantizer import VectorQuantizer
+
+    torch.manual_seed(1)
+    vq = VectorQuantizer(64, 16)
+    with torch.no_grad():
+        vq.codebook.normal_()
+        z_e = torch.randn(4, 16, 5, 5)
+        assert torch.equal(vq.nearest(z_e), broadcast_nearest(z_e, vq.codebook))

@@ -147,13 +147,15 @@ class GatedPixelCNN(nn.Module):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Ancestral sampling in raster order: [n, height, width] long codes on the module's
-        device, x[i, j] ~ softmax(logits[:, :, i, j] / temperature), one pass per position."""
+        device, x[i, j] ~ softmax(logits[:, :, i, j] / temperature), one pass per position
+        over rows 0..i only (nothing reaches a row from below: 0.56x the work at 8 x 8)."""
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         device = self.embedding.weight.device
         codes = torch.zeros(n, height, width, dtype=torch.long, device=device)
         for i in range(height):
             for j in range(width):
-                probs = torch.softmax(self._logits(codes)[:, :, i, j] / temperature, dim=1)
+                logits = self._logits(codes[:, : i + 1])[:, :, i, j]  # rows > i: no effect
+                probs = torch.softmax(logits / temperature, dim=1)
                 codes[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         return codes
