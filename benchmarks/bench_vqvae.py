@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -57,7 +58,8 @@ def training_step_speed(device: str, steps: int) -> None:
     torch.manual_seed(0)
     model = VQVAE(SHAPE, {"scale": "symmetric"})  # the preset's K, D, channels
     x = torch.randint(0, 256, (BATCH, *SHAPE), dtype=torch.uint8)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
         model.training_step((x, None), 0).backward()
     gflop_per_image = counter.get_total_flops() / BATCH / 1e9
     peak = matmul_gflops(device=device)

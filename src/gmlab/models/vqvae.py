@@ -133,7 +133,7 @@ class VQVAE(GenerativeModel):
         self.check_finite(loss, "train/loss", batch_idx)
         bs = x.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("train/recon", -recon.mean(), batch_size=bs)
+        self.log("train/recon", recon.mean(), batch_size=bs)  # log p(x | z_q), as the VAE
         self.log("train/vq_loss", vq, batch_size=bs)
         self.log("train/perplexity", perplexity(q.codes, self.num_codes), batch_size=bs)
         return loss
