@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from support.compose import train_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gmlab.errors import ConfigError, GmlabError
 from gmlab.models.vae import VAE
@@ -103,6 +104,8 @@ def test_two_stages_train_on_digits_and_the_prior_beats_uniform_codes(tmp_path):
     stage_two = train(cfg)
     # same decoder term, the learned prior in place of log(1/K) per code
     assert stage_two["test/bpd"] < stage_one["test/bpd"] - 0.1, (stage_one, stage_two)
+    events = EventAccumulator(str(tmp_path / "vq" / "tensorboard"), size_guidance={"histograms": 0})
+    assert "val/codes" in events.Reload().Tags()["histograms"]  # the codebook's use
     images = tmp_path / "pcnn" / "images"
     assert {"samples", "samples_uniform_codes", "reconstructions"} <= {
         p.name for p in images.iterdir()

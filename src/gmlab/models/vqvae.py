@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from gmlab.distributions.likelihoods import build_likelihood
 from gmlab.errors import ConfigError
@@ -147,7 +148,8 @@ class VQVAE(GenerativeModel):
         self._val_codes.append(self.codes(batch[0]).flatten())
 
     def on_validation_epoch_end(self) -> None:
-        """Codebook use over the validation set: perplexity and the number of codes used."""
+        """Codebook use over the validation set: perplexity, the number of codes used, and
+        the codes' histogram (TensorBoard `val/codes`)."""
         if not self._val_codes:
             return
         codes = torch.cat(self._val_codes)
@@ -155,6 +157,10 @@ class VQVAE(GenerativeModel):
         used = float(torch.unique(codes).numel())
         self.log("val/perplexity", perplexity(codes, self.num_codes), sync_dist=True)
         self.log("val/codes_used", used, sync_dist=True)
+        if self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):  # which codes the data use
+                    logger.experiment.add_histogram("val/codes", codes, self.global_step)
 
     # ---------------------------------------------------------------- sampling
     def decode_codes(self, codes: torch.Tensor, noise: bool = False) -> torch.Tensor:
