@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import LowRankMultivariateNormal, MultivariateNormal
 
-from benchmarks.common import cuda_synced
+from benchmarks.common import synced
 from gmlab.nn.gmm_layer import GaussianMixtureClassifier
 
 IN, DIM, CLASSES, G, BATCH = 128, 128, 10, 1, 64
@@ -80,7 +80,7 @@ def ms_per_step(
         F.nll_loss(log_post, y).backward()
         opt.step()
 
-    step = train_step if device == "cpu" else cuda_synced(train_step)
+    step = synced(train_step, device)
 
     for _ in range(5):
         step()

@@ -28,6 +28,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
+from benchmarks.common import best_time, synced
 from gmlab.data.base import InMemoryDataModule
 from gmlab.models.vae import VAE
 
@@ -281,15 +282,8 @@ def mixture_prior_speed(device: str, n: int = 5000, k: int = 500, d: int = 32) -
     )
     z = torch.randn(n, d, device=device)
 
-    def best_ms(fn) -> float:
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            fn(z)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return 1000 * min(times[1:])
+    def best_ms(log_prob) -> float:
+        return 1000 * best_time(synced(lambda: log_prob(z), device), repeats=4, warmup=1)
 
     with torch.no_grad():
         diff = (prior.log_prob(z) - ref.log_prob(z)).abs().max().item()

@@ -20,17 +20,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.bench_vae import lightning_speed
-from benchmarks.common import best_time, cuda_synced, matmul_gflops
+from benchmarks.common import best_time, matmul_gflops, synced
 from gmlab.models.vqvae import VQVAE
 from gmlab.nn.pixelcnn import GatedPixelCNN
 from gmlab.nn.vector_quantizer import VectorQuantizer
 
 SHAPE, BATCH = (3, 32, 32), 128
-
-
-def synced(fn, device: str):
-    """`fn`, waiting for the GPU's kernels when timing on one."""
-    return fn if device == "cpu" else cuda_synced(fn)
 
 
 def broadcast_nearest(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -31,13 +31,17 @@ def cuda_synced(fn: Callable[[], object]) -> Callable[[], None]:
     return run
 
 
+def synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
+    """`fn` as it is on the CPU; on a GPU, followed by a wait for its kernels."""
+    return fn if device == "cpu" else cuda_synced(fn)
+
+
 def matmul_gflops(n: int = 2048, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
     """The machine's own dense matmul rate (GFLOP/s) for an n x n x n product."""
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
 
-    run = (lambda: a @ b) if device == "cpu" else cuda_synced(lambda: a @ b)
-    return 2 * n**3 / best_time(run, repeats=5, warmup=2) / 1e9
+    return 2 * n**3 / best_time(synced(lambda: a @ b, device), repeats=5, warmup=2) / 1e9
 
 
 def machine() -> str:

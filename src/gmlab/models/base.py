@@ -24,6 +24,7 @@ import torch
 import torchvision
 
 from gmlab.data.preprocess import Preprocessor
+from gmlab.distributions.likelihoods import Likelihood, build_likelihood
 from gmlab.errors import NonFiniteError, ShapeError
 from gmlab.metrics.bpd import bits_per_dim, nats_to_bits
 from gmlab.utils.lr_schedule import WarmupStableDecay
@@ -140,6 +141,16 @@ class GenerativeModel(GmlabModule):
         """[B, *data_shape] reconstructions in pixel range (mask: True = observed)."""
         raise NotImplementedError
 
+    def build_likelihood(self, name: str) -> Likelihood:
+        """The decoder likelihood `name` over one sample, matched to the preprocessing (the
+        model-space range for the discretized logistic's bins, and their number)."""
+        return build_likelihood(
+            name,
+            len(self.data_shape),
+            scale=self.preprocess.scale,
+            num_levels=self.preprocess.num_levels or 256,
+        )
+
     def bits_per_dim(self, x_raw: torch.Tensor) -> torch.Tensor:
         """[B] bits/dim on the shared convention (log-pmf -> bits for binarized data)."""
         return self.to_bits(self.log_likelihood(x_raw))
@@ -166,9 +177,12 @@ class GenerativeModel(GmlabModule):
     # ----------------------------------------------------- shared eval steps
     def evaluate_batch(self, x_raw: torch.Tensor, stage: str, batch_idx: int) -> torch.Tensor:
         """Log `{stage}/nll` and `{stage}/bpd` for one batch; returns log-likelihoods [B]."""
-        ll = self.log_likelihood(x_raw)
+        return self.log_density_metrics(self.log_likelihood(x_raw), stage, batch_idx)
+
+    def log_density_metrics(self, ll: torch.Tensor, stage: str, batch_idx: int) -> torch.Tensor:
+        """Log `{stage}/nll` and `{stage}/bpd` of a batch's log-likelihoods [B]; returns them."""
         self.check_finite(ll, f"{stage}/nll", batch_idx)
-        bs = x_raw.shape[0]
+        bs = ll.shape[0]
         self.log(f"{stage}/nll", -ll.mean(), batch_size=bs, sync_dist=True, prog_bar=stage == "val")
         self.log(
             f"{stage}/bpd", self.to_bits(ll).mean(), batch_size=bs, sync_dist=True, prog_bar=True

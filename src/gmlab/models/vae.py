@@ -32,7 +32,6 @@ from collections.abc import Sequence
 
 import torch
 
-from gmlab.distributions.likelihoods import build_likelihood
 from gmlab.distributions.priors import MixturePrior, NormalPrior, build_prior, diag_normal_log_prob
 from gmlab.errors import ConfigError
 from gmlab.metrics.iwae import iwae_bound
@@ -104,12 +103,7 @@ class VAE(GenerativeModel):
         self.kl_mode = ("analytic" if prior == "normal" else "mc") if kl == "auto" else kl
         self.latent_dim = int(latent_dim)
         self.eval_cfg = {"iwae_k": 1000, "iwae_batch": 8192, "val_iwae_k": 0, **(eval or {})}
-        self.likelihood = build_likelihood(
-            likelihood,
-            len(self.data_shape),
-            scale=self.preprocess.scale,
-            num_levels=self.preprocess.num_levels or 256,
-        )
+        self.likelihood = self.build_likelihood(likelihood)
         p = self.likelihood.num_params
         if architecture == "mlp":
             self.encoder = MLP(self.num_dims, hidden, 2 * self.latent_dim, activation)

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from gmlab.distributions.likelihoods import build_likelihood
 from gmlab.errors import ConfigError
 from gmlab.models.base import GenerativeModel, image_grid
 from gmlab.nn.pixelcnn import GatedPixelCNN
@@ -74,12 +73,7 @@ class VQVAE(GenerativeModel):
                 f"got {height}x{width}"
             )
         self.grid_shape = (height // step, width // step)
-        self.likelihood = build_likelihood(
-            likelihood,
-            3,
-            scale=self.preprocess.scale,
-            num_levels=self.preprocess.num_levels or 256,
-        )
+        self.likelihood = self.build_likelihood(likelihood)
         params = self.likelihood.num_params
         self.encoder = VQEncoder(channels, code_dim, hidden, downsample, res_blocks)
         self.quantizer = VectorQuantizer(num_codes, code_dim)
@@ -144,8 +138,11 @@ class VQVAE(GenerativeModel):
 
     # -------------------------------------------------------------- evaluation
     def validation_step(self, batch, batch_idx: int):
-        super().validation_step(batch, batch_idx)
-        self._val_codes.append(self.codes(batch[0]).flatten())
+        """The bound's `val/nll`, `val/bpd`, and the batch's codes for the epoch's statistics
+        (one encoder pass for both)."""
+        recon, codes = self.reconstruction_log_prob(batch[0])
+        self.log_density_metrics(recon + self.code_log_prob(codes), "val", batch_idx)
+        self._val_codes.append(codes.flatten())
 
     def on_validation_epoch_end(self) -> None:
         """Codebook use over the validation set: perplexity, the number of codes used, and
