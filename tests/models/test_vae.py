@@ -161,3 +161,24 @@ def test_experiment_presets_compose_and_build(name):
         assert (model.latent_dim, model.hparams.hidden) == (10, [400])
     if name == "vae_mog_mnist":
         assert model.prior.n_components == 1000
+
+
+@pytest.mark.parametrize("scale", ["unit", "symmetric"])
+def test_discretized_logistic_bins_follow_the_data_levels(scale):
+    """With 17-level data the decoder's bins are the data's 17: the model-space density at
+    the bin centres, times the bin width, sums to 1 over the levels (with 256 bins it
+    would not)."""
+    torch.manual_seed(0)
+    model = VAE(
+        (1, 1, 1),
+        {"num_levels": 17, "scale": scale},
+        latent_dim=2,
+        hidden=[4],
+        likelihood="discretized_logistic",
+    )
+    levels = torch.arange(17, dtype=torch.uint8).view(17, 1, 1, 1)
+    x = model.preprocess.to_model_space(levels)  # bin centres in model space
+    params = torch.randn(1, 2, 1, 1, 1).expand(17, -1, -1, -1, -1)
+    width = (2.0 if scale == "symmetric" else 1.0) / 17
+    mass = model.likelihood.log_prob(x, params).exp() * width
+    assert mass.sum().item() == pytest.approx(1.0, abs=1e-5)
