@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gmlab.distributions.normal import LOG_2PI
 from gmlab.errors import ConfigError
-
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 class Likelihood(nn.Module):

@@ -35,23 +35,21 @@ Used by `gmlab.distributions.mfa` (MFA / MPPCA) and by the GMM classifier's
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from gmlab.distributions.normal import LOG_2PI
 from gmlab.ops.linalg import cholesky_float64_retry
 
 __all__ = [
-    "LOG_2PI",
     "LowRankGaussians",
     "chunk_rows",
     "lowrank_covariance",
     "lowrank_log_prob",
 ]
 
-LOG_2PI = math.log(2.0 * math.pi)
 _CHUNK_BUDGET = 2**24  # elements of the per-chunk work tensors (64 MiB in float32)
 
 

@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from gmlab.distributions.lowrank import LOG_2PI, LowRankGaussians, chunk_rows
+from gmlab.distributions.lowrank import LowRankGaussians, chunk_rows
+from gmlab.distributions.normal import LOG_2PI
 from gmlab.errors import ConfigError
 
 __all__ = [

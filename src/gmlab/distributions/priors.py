@@ -13,26 +13,14 @@ to them (`kl`, per dimension) or to each of their components (`component_kl`, [N
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from gmlab.distributions.normal import LOG_2PI, std_normal_log_prob
 from gmlab.errors import ConfigError
 from gmlab.nn.made import MADEFlow
-
-LOG_2PI = math.log(2.0 * math.pi)
-
-
-def diag_normal_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, diag(exp(logvar))) summed over the last dim (broadcasting)."""
-    return -0.5 * ((z - mu).square() * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
-
-
-def std_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I) summed over the last dim."""
-    return -0.5 * (z.square() + LOG_2PI).sum(-1)
 
 
 class Prior(nn.Module):

@@ -26,11 +26,11 @@ for evaluation and inversion; the paper's choice and the default), actnorm, or n
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import deque
 
 import torch
 
+from gmlab.distributions.normal import std_normal_log_prob_flat
 from gmlab.errors import ConfigError, ShapeError
 from gmlab.models.base import GenerativeModel, image_grid
 from gmlab.nn.flows import (
@@ -114,12 +114,6 @@ def build_realnvp(
         return Composition(*layers)
 
     return Composition(Logit(alpha), scale(0, c))
-
-
-def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """[B, ...] -> [B] log N(z; 0, I) summed over every non-batch dimension."""
-    d = z[0].numel()
-    return -0.5 * z.flatten(1).square().sum(1) - 0.5 * d * math.log(2 * math.pi)
 
 
 class RealNVP(GenerativeModel):
@@ -214,7 +208,7 @@ class RealNVP(GenerativeModel):
         """[B] log p(y) in nats of unit-cube inputs y [B, C, H, W] (float32)."""
         with self.autocast():
             z, log_det = self.flow(y)
-        return standard_normal_log_prob(z.float()) + log_det.float()
+        return std_normal_log_prob_flat(z.float()) + log_det.float()
 
     def log_likelihood(self, x_raw: torch.Tensor) -> torch.Tensor:
         y, log_det = self.prepare(x_raw)
