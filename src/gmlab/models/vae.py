@@ -32,7 +32,8 @@ from collections.abc import Sequence
 
 import torch
 
-from gmlab.distributions.priors import MixturePrior, NormalPrior, build_prior, diag_normal_log_prob
+from gmlab.distributions.normal import diag_normal_log_prob
+from gmlab.distributions.priors import MixturePrior, NormalPrior, build_prior
 from gmlab.errors import ConfigError
 from gmlab.metrics.iwae import iwae_bound
 from gmlab.models.base import GenerativeModel, image_grid
