@@ -1,0 +1,44 @@
+"""Building a model's parts (priors, likelihoods, networks, flows, optimizers) from their
+config dicts.
+
+A part is a plain dict with a `_target_` (a class or function path) and its options, as the
+config groups under `conf/model/<part>/` write it. Models keep these dicts in their
+hyperparameters, so checkpoints stay plain data (`weights_only=True`), and build the part
+themselves, supplying what only the model knows (a latent size, the parameters to optimize).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import hydra
+from omegaconf import OmegaConf
+
+from gmlab.errors import ConfigError
+
+
+def build_part(spec: Mapping | None, role: str, **supplied: Any) -> Any:
+    """Instantiate the part `spec` (dict with `_target_`) with the model's `supplied` arguments.
+
+    `role` names the option in errors (`model.<role>`). A key given both in `spec` and in
+    `supplied` is an error, so a config cannot silently fight the model over, say, the
+    latent size.
+    """
+    if spec is None:
+        raise ConfigError(f"model.{role} is not set: choose one with `model/{role}=<name>`")
+    if OmegaConf.is_config(spec):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    if not isinstance(spec, Mapping) or "_target_" not in spec:
+        raise ConfigError(f"model.{role} must be a config with a `_target_`, got {spec!r}")
+    clash = sorted(set(spec) & set(supplied))
+    if clash:
+        raise ConfigError(
+            f"model.{role}.{clash[0]} is set by the model itself; remove it from the config"
+        )
+    try:
+        return hydra.utils.instantiate(dict(spec), **supplied, _convert_="all")
+    except Exception as exc:  # noqa: BLE001 - any failure to build names the part
+        raise ConfigError(
+            f"cannot build model.{role} ({spec['_target_']}): {type(exc).__name__}: {exc}"
+        ) from exc
