@@ -1,0 +1,210 @@
+"""Finding run folders and reading what each one recorded.
+
+A run folder holds any of `.hydra/config.yaml`, `run.json` or `metrics.json`. Its status
+comes from `run.json` (`finished` / `failed` / `running` / `skipped`); a folder without one
+is `finished` when it has `metrics.json`, else `running`. A `running` run whose newest file
+(or heartbeat) is older than the stale threshold was killed: `stale`. A file that cannot be
+parsed makes the run `unreadable`, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from gmlab.errors import GmlabError
+
+RUN_MARKERS = (".hydra/config.yaml", "run.json", "metrics.json")
+SKIP_DIRS = {"checkpoints", "tensorboard", "csv", "images", ".hydra", "report", "__pycache__"}
+
+
+@dataclass
+class Run:
+    """One run folder: its config (nested dict), overrides, metrics and record."""
+
+    path: Path
+    config: dict = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    choices: dict = field(default_factory=dict)  # Hydra group choices: model, data, ...
+    metrics: dict[str, float] = field(default_factory=dict)
+    record: dict = field(default_factory=dict)  # run.json
+    status: str = "running"
+    problem: str = ""  # why unreadable / the error of a failed run
+    hydra_cwd: str | None = None
+
+    @property
+    def task(self) -> str:
+        return self.record.get("task") or self.config.get("task_name") or "train"
+
+    @property
+    def metric_kinds(self) -> dict:
+        kinds = self.record.get("metric_kinds")
+        return kinds if isinstance(kinds, dict) else {}
+
+    @property
+    def wall_time_s(self) -> float | None:
+        wall = self.record.get("wall_time_s")
+        if isinstance(wall, (int, float)) and math.isfinite(wall):
+            return float(wall)
+        start, end = self.path / ".hydra" / "config.yaml", self.path / "metrics.json"
+        if self.status == "finished" and start.is_file() and end.is_file():
+            return max(end.stat().st_mtime - start.stat().st_mtime, 0.0)
+        return None
+
+    @property
+    def ckpt_path(self) -> Path | None:
+        """The checkpoint a run started from (resume) or evaluated (eval runs), absolute."""
+        raw = self.record.get("ckpt_path") or self.config.get("ckpt_path")
+        if not isinstance(raw, str) or not raw or raw == "last":
+            return None
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            path = Path(self.hydra_cwd or self.path) / path
+        return Path(os.path.normpath(path))
+
+
+def is_run_dir(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in RUN_MARKERS)
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Every run folder at or below `paths` (a run, a multirun, `outputs/`), sorted."""
+    found: set[Path] = set()
+    for root in map(Path, paths):
+        if not root.exists():
+            raise GmlabError(f"{root}: no such file or directory")
+        if root.is_file():
+            root = root.parent
+        for here, dirs, _ in os.walk(root):
+            here_path = Path(here)
+            if is_run_dir(here_path):
+                found.add(here_path.resolve())
+                dirs[:] = []
+            else:
+                dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+    if not found:
+        names = ", ".join(str(p) for p in paths)
+        raise GmlabError(
+            f"no runs found below {names} (a run folder has .hydra/config.yaml, run.json "
+            "or metrics.json)"
+        )
+    return sorted(found, key=_natural_key)
+
+
+def _natural_key(path: Path) -> list:
+    """Multirun job folders 0, 1, ..., 10 in numeric order."""
+    return [int(part) if part.isdigit() else part for part in path.parts]
+
+
+def read_run(path: Path, stale_after_s: float, now: float | None = None) -> Run:
+    """Read one run folder; never raises on bad files (the run becomes `unreadable`)."""
+    run = Run(path=path)
+    problems = []
+    for name, reader in (
+        (".hydra/config.yaml", _read_config),
+        (".hydra/overrides.yaml", _read_overrides),
+        (".hydra/hydra.yaml", _read_hydra),
+        ("run.json", _read_record),
+        ("metrics.json", _read_metrics),
+    ):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            reader(run, file)
+        except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
+            problems.append(f"{name}: {_short(exc)}")
+    if problems:
+        run.status, run.problem = "unreadable", "; ".join(problems)
+        return run
+    run.status = _status(run, stale_after_s, time.time() if now is None else now)
+    return run
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def _read_yaml(file: Path):
+    return yaml.safe_load(file.read_text())
+
+
+def _read_config(run: Run, file: Path) -> None:
+    config = _read_yaml(file)
+    if not isinstance(config, dict):
+        raise ValueError("not a mapping")
+    run.config = config
+
+
+def _read_overrides(run: Run, file: Path) -> None:
+    overrides = _read_yaml(file) or []
+    if not isinstance(overrides, list):
+        raise ValueError("not a list")
+    run.overrides = [str(o) for o in overrides]
+
+
+def _read_hydra(run: Run, file: Path) -> None:
+    runtime = ((_read_yaml(file) or {}).get("hydra") or {}).get("runtime") or {}
+    run.choices = {k: v for k, v in (runtime.get("choices") or {}).items() if v is not None}
+    run.hydra_cwd = runtime.get("cwd")
+
+
+def _read_record(run: Run, file: Path) -> None:
+    record = json.loads(file.read_text())
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    run.record = record
+    if isinstance(record.get("overrides"), list):
+        run.overrides = [str(o) for o in record["overrides"]]
+
+
+def _read_metrics(run: Run, file: Path) -> None:
+    metrics = json.loads(file.read_text())
+    if not isinstance(metrics, dict):
+        raise ValueError("not a JSON object")
+    run.metrics = {str(k): float(v) for k, v in metrics.items()}
+
+
+def _status(run: Run, stale_after_s: float, now: float) -> str:
+    status = run.record.get("status")
+    if status == "failed":
+        error = run.record.get("error") or {}
+        if isinstance(error, dict) and error:
+            run.problem = f"{error.get('type', 'error')}: {error.get('message', '')}".strip()
+    if status in ("finished", "failed", "skipped"):
+        return status
+    if status is None and (run.path / "metrics.json").is_file():
+        return "finished"
+    last = max(_newest_mtime(run.path), _iso_seconds(run.record.get("heartbeat")) or 0.0)
+    if now - last > stale_after_s:
+        run.problem = f"no file written for {(now - last) / 60:.0f} min (killed?)"
+        return "stale"
+    return "running"
+
+
+def _newest_mtime(folder: Path) -> float:
+    newest = 0.0
+    for here, _, files in os.walk(folder):
+        for name in files:
+            try:
+                newest = max(newest, os.stat(os.path.join(here, name)).st_mtime)
+            except OSError:
+                continue
+    return newest
+
+
+def _iso_seconds(text) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
