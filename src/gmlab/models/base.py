@@ -1,23 +1,16 @@
 """Base LightningModules: the model protocol that eval, callbacks and metrics rely on.
 
-`GmlabModule` gives every gmlab model its checkpoint metadata (so `gmlab-eval` can
-rebuild any checkpoint), NaN/inf guards with clear messages, the metric it is
-checkpointed on, `figures()` for the image-grid callback, and the optional step-wise
-learning-rate schedule (`use_lr_schedule`).
-
-`GenerativeModel` adds the density-model protocol of DESIGN.md:
-  - `log_likelihood(x_raw) -> [B]`: log p(y) in nats of the dequantized input y on the
-    unit cube (exact where the model has one, else a documented bound), or a log-pmf
-    for binarized data;
-  - `sample(n) -> [n, *data_shape]` in the dataset's own pixel range;
-  - `reconstruct(x_raw, mask=None)` where the model has an encoder or a conditional;
-and shared validation/test steps that log `{stage}/nll` (nats) and `{stage}/bpd`.
+`GmlabModule` is what every gmlab model shares (checkpoint metadata, NaN/inf guards, the
+optimizer and lr scheduler built from their part configs, `figures()` / `histograms()` for
+the image callback); `GenerativeModel` adds the density-model protocol and its bits/dim.
+See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable, Mapping
 
 import lightning as L
 import torch
@@ -25,9 +18,70 @@ import torchvision
 
 from gmlab.data.preprocess import Preprocessor
 from gmlab.distributions.likelihoods import Likelihood, build_likelihood
-from gmlab.errors import NonFiniteError, ShapeError
+from gmlab.errors import ConfigError, NonFiniteError, ShapeError
 from gmlab.metrics.bpd import bits_per_dim, nats_to_bits
-from gmlab.utils.lr_schedule import WarmupStableDecay
+from gmlab.models.parts import build_part
+from gmlab.utils.lr_schedule import wsd_factor
+
+# keys of an lr_scheduler config that are Lightning's, not the scheduler's
+SCHEDULER_LOOP_KEYS = ("interval", "frequency")
+WSD = "gmlab.utils.lr_schedule.WarmupStableDecay"
+
+
+def build_optimization(
+    params: Iterable, optimizer: Mapping | None, lr_scheduler: Mapping | None = None
+):
+    """The optimizer over `params` (tensors or param-group dicts) and its lr scheduler, in
+    the form `LightningModule.configure_optimizers` returns.
+
+    `optimizer` is the config of a `torch.optim` class (`_target_`, its options; usually
+    `_partial_: true`, completed here with `params`). `lr_scheduler` is the config of a
+    torch LR scheduler (completed with the optimizer) plus Lightning's `interval` ("step":
+    stepped after every optimizer step, the default; "epoch": after every epoch) and
+    `frequency`; empty or None: constant lr. The scheduler's state is saved in checkpoints,
+    so a resumed run continues its curve.
+    """
+    opt = build_part(_complete(optimizer), "optimizer", params=params)
+    if not lr_scheduler:
+        return opt
+    spec = _complete(lr_scheduler)
+    loop = {key: spec.pop(key) for key in SCHEDULER_LOOP_KEYS if key in spec}
+    loop.setdefault("interval", "step")
+    if loop["interval"] not in ("step", "epoch"):
+        raise ConfigError(
+            f"model.lr_scheduler.interval must be step or epoch, got {loop['interval']!r}"
+        )
+    scheduler = build_part(spec, "lr_scheduler", optimizer=opt)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, **loop}}
+
+
+def _complete(spec: Mapping | None) -> dict | None:
+    """A part config without `_partial_`: the model supplies the missing arguments."""
+    if spec is None:
+        return None
+    return {key: value for key, value in dict(spec).items() if key != "_partial_"}
+
+
+def flat_optimizer_hparams(hparams: dict, optimizer: str = "torch.optim.Adam") -> dict:
+    """Migration of checkpoints written before the optimizer parts: a flat `lr` (and the
+    `lr_schedule` warm-up/stable/decay options) become `optimizer` and `lr_scheduler`
+    configs with the same meaning. Other keys are kept."""
+    hp = dict(hparams)
+    if "lr" in hp and "optimizer" not in hp:
+        hp["optimizer"] = {"_target_": optimizer, "_partial_": True, "lr": hp.pop("lr")}
+    if "lr_schedule" in hp:
+        schedule = hp.pop("lr_schedule") or {}
+        hp["lr_scheduler"] = {"_target_": WSD, "_partial_": True, "interval": "step", **schedule}
+    return hp
+
+
+def check_batch_shape(model: L.LightningModule, x: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """Raise `ShapeError` unless `x` is a batch [B, *shape]."""
+    if tuple(x.shape[1:]) != tuple(shape):
+        raise ShapeError(
+            f"{type(model).__name__} expects batches of shape "
+            f"[B, {', '.join(map(str, shape))}], got {list(x.shape)}"
+        )
 
 
 class GmlabModule(L.LightningModule):
@@ -35,21 +89,44 @@ class GmlabModule(L.LightningModule):
 
     Class attributes `monitor` / `monitor_mode` name the metric that picks the best
     checkpoint (`gmlab.callbacks.Checkpoint` reads them).
+
+    Optimization: a model whose hyperparameters hold `optimizer` (and `lr_scheduler`) part
+    configs gets them built by `configure_optimizers` over `optimizer_parameters()`.
+
+    Old checkpoints: a class whose constructor options change raises `checkpoint_version`
+    and turns older hyperparameters into current ones in `migrate_hparams`;
+    `gmlab.utils.checkpoint.load_model` calls it before building the model.
     """
 
     monitor: str = "val/bpd"
     monitor_mode: str = "min"
-    lr_schedule: WarmupStableDecay | None = None
+    checkpoint_version: int = 0
+    lr_schedule: dict | None = None
+
+    @classmethod
+    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
+        """Hyperparameters saved by this class at `checkpoint_version` `version` (0: before
+        versions were recorded) -> the current constructor's. Default: unchanged."""
+        return hparams
+
+    def optimizer_parameters(self) -> Iterable:
+        """What the optimizer updates: parameters or param-group dicts (default: all)."""
+        return self.parameters()
+
+    def configure_optimizers(self):
+        return build_optimization(
+            self.optimizer_parameters(),
+            self.hparams.get("optimizer"),
+            self.hparams.get("lr_scheduler"),
+        )
 
     def use_lr_schedule(self, options: dict | None) -> None:
-        """Train with lr = hparams.lr * factor(global step) (`WarmupStableDecay` options:
-        warmup_steps, decay_start, decay_steps, min_factor; empty: constant lr).
-
-        The lr is set before every optimizer step from the trainer's global step, so the
-        schedule keeps no state and a run resumed from any checkpoint follows the same
-        curve. For models with one optimizer whose lr is `hparams.lr`.
-        """
-        self.lr_schedule = WarmupStableDecay.from_config(options)
+        """Legacy (models with a flat `lr`): lr = hparams.lr * wsd_factor(global step)."""
+        self.lr_schedule = dict(options or {})
+        try:
+            wsd_factor(0, **self.lr_schedule)
+        except TypeError as exc:
+            raise ConfigError(f"model.lr_schedule: unknown option(s): {exc}") from exc
 
     def check_finite(self, value: torch.Tensor, metric: str, batch_idx: int | None = None) -> None:
         """Raise `NonFiniteError` naming the metric, stage and batch if `value` has NaN/inf."""
@@ -70,7 +147,11 @@ class GmlabModule(L.LightningModule):
         )
 
     def figures(self, x_raw: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Named images [3 or 1, H, W] in [0, 1] for TensorBoard/PNG, from a raw val batch."""
+        """Named images [3 or 1, H, W] in [0, 1] for TensorBoard/PNG, from a raw batch."""
+        return {}
+
+    def histograms(self, x_raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named 1-D tensors of values whose histograms the image callback logs."""
         return {}
 
     @staticmethod
@@ -86,10 +167,15 @@ class GmlabModule(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int):
         self.check_batch(batch, batch_idx)
+        if not self.automatic_optimization or not self.trainer.optimizers:
+            return
+        optimizer = self.trainer.optimizers[0]
         if self.lr_schedule is not None:
-            lr = self.lr_schedule.apply(
-                self.trainer.optimizers[0], self.hparams.lr, self.global_step
-            )
+            lr = self.hparams.lr * wsd_factor(self.global_step, **self.lr_schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        if self.lr_schedule is not None or self.trainer.lr_scheduler_configs:
+            lr = optimizer.param_groups[0]["lr"]
             self.log("train/lr", lr, batch_size=self.batch_inputs(batch).shape[0])
 
     def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0):
@@ -101,7 +187,10 @@ class GmlabModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record the class and the run config so `gmlab-eval` can rebuild any checkpoint."""
         cls = type(self)
-        checkpoint["gmlab"] = {"class": f"{cls.__module__}.{cls.__qualname__}"}
+        checkpoint["gmlab"] = {
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "version": cls.checkpoint_version,
+        }
         if getattr(self, "run_config", None):
             checkpoint["gmlab"]["config"] = self.run_config
 
@@ -156,8 +245,9 @@ class GenerativeModel(GmlabModule):
         return self.to_bits(self.log_likelihood(x_raw))
 
     def to_bits(self, log_likelihood: torch.Tensor) -> torch.Tensor:
-        """[B] nats -> bits/dim: the DESIGN.md convention for dequantized pixels, -log2 P / D
-        for binarized data (a pmf) and for continuous points (a density: may be < 0)."""
+        """[B] nats -> bits/dim: (-log p(y) + D ln 256) / (D ln 2) for dequantized 8-bit pixels
+        (`bits_per_dim`), -log2 P / D for binarized data (a pmf) and for continuous points
+        (a density: may be < 0)."""
         if self.preprocess.discrete or self.preprocess.continuous:
             return nats_to_bits(log_likelihood, self.num_dims)
         return bits_per_dim(log_likelihood, self.num_dims, self.preprocess.num_levels)
@@ -167,11 +257,7 @@ class GenerativeModel(GmlabModule):
         self, x_raw: torch.Tensor, train: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Check the raw batch's shape, then preprocess: (model input, log-det [B])."""
-        if tuple(x_raw.shape[1:]) != self.data_shape:
-            raise ShapeError(
-                f"{type(self).__name__} expects batches of shape "
-                f"[B, {', '.join(map(str, self.data_shape))}], got {list(x_raw.shape)}"
-            )
+        check_batch_shape(self, x_raw, self.data_shape)
         return self.preprocess(x_raw, train=train)
 
     # ----------------------------------------------------- shared eval steps

@@ -1,4 +1,4 @@
-"""The simplest density baseline: an independent Gaussian per dimension, fitted by Adam.
+"""The simplest density baseline: an independent Gaussian per dimension.
 
 log p(x) = sum_i log N(x_i; mu_i, sigma_i^2), sigma_i = softplus(rho_i) + floor.
 Any model in the zoo should beat its bits/dim; the framework tests train it in seconds.
@@ -6,12 +6,11 @@ Any model in the zoo should beat its bits/dim; the framework tests train it in s
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from gmlab.models.base import GenerativeModel
+from gmlab.distributions.normal import LOG_2PI
+from gmlab.models.base import GenerativeModel, flat_optimizer_hparams
 
 
 class DiagonalGaussian(GenerativeModel):
@@ -20,19 +19,23 @@ class DiagonalGaussian(GenerativeModel):
     Args:
         data_shape: shape of one sample.
         preprocess: `Preprocessor` options.
-        lr: Adam learning rate.
         std_floor: lower bound of every standard deviation (model units).
+        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`).
     """
+
+    checkpoint_version = 1  # 0: a flat `lr`
 
     def __init__(
         self,
         data_shape,
         preprocess: dict | None = None,
-        lr: float = 1e-2,
         std_floor: float = 1e-3,
+        optimizer: dict | None = None,
+        lr_scheduler: dict | None = None,
     ) -> None:
         super().__init__(data_shape, preprocess)
         self.save_hyperparameters()
+        self.hparams["optimizer"] = optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-2}
         self.mean = torch.nn.Parameter(torch.zeros(self.data_shape))
         self.raw_std = torch.nn.Parameter(torch.zeros(self.data_shape))
 
@@ -43,7 +46,7 @@ class DiagonalGaussian(GenerativeModel):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """[B, *data_shape] model-space inputs -> [B] log-density (nats)."""
         z = (x - self.mean) / self.std
-        per_dim = -0.5 * z.square() - torch.log(self.std) - 0.5 * math.log(2 * math.pi)
+        per_dim = -0.5 * z.square() - torch.log(self.std) - 0.5 * LOG_2PI
         return per_dim.flatten(1).sum(1)
 
     def log_likelihood(self, x_raw: torch.Tensor) -> torch.Tensor:
@@ -61,5 +64,6 @@ class DiagonalGaussian(GenerativeModel):
         eps = torch.randn((n, *self.data_shape), device=self.mean.device)
         return self.preprocess.to_pixels(self.mean + self.std * eps)
 
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+    @classmethod
+    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
+        return flat_optimizer_hparams(hparams) if version < 1 else hparams

@@ -1,75 +1,78 @@
-"""Learning-rate schedules that are pure functions of the optimizer step.
+"""The warm-up / stable / cosine-decay learning-rate schedule, as a torch LR scheduler.
 
-A schedule here keeps no state of its own: the learning rate at optimizer step t is
-`base_lr * factor(t)`, recomputed before every step from the trainer's global step. A run
-resumed from any checkpoint, even one written before a schedule was chosen, therefore
-continues on exactly the curve it names.
+Models pick it with `model/lr_scheduler=wsd` and step it after every optimizer step; its
+position is saved in the checkpoint like any torch scheduler's, so a resumed run continues
+on the same curve.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 
 import torch
 
-from gmlab.errors import ConfigError
+
+def wsd_factor(
+    step: int,
+    warmup_steps: int = 0,
+    decay_start: int | None = None,
+    decay_steps: int = 0,
+    min_factor: float = 0.0,
+) -> float:
+    """Learning-rate multiplier at optimizer step `step` (0-based); see `WarmupStableDecay`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay_start is None or step < decay_start:
+        return 1.0
+    done = step - decay_start
+    if done >= decay_steps:
+        return min_factor
+    cosine = 0.5 * (1.0 + math.cos(math.pi * done / decay_steps))
+    return min_factor + (1.0 - min_factor) * cosine
 
 
-@dataclass(frozen=True)
-class WarmupStableDecay:
-    """Linear warm-up, a constant stretch, then a cosine decay ("WSD").
+class WarmupStableDecay(torch.optim.lr_scheduler.LRScheduler):
+    """Linear warm-up, a constant stretch, then a cosine decay ("WSD"), per optimizer step.
+
+    lr(t) = base_lr * factor(t) for every parameter group, with
 
     factor(t) = (t + 1) / warmup_steps                       for t < warmup_steps
               = 1                                            until decay_start
               = m + (1 - m) (1 + cos(pi s / decay_steps)) / 2,  s = t - decay_start,
                                                              for 0 <= s < decay_steps
               = m                                            afterwards,
-    with m = min_factor. `decay_start: None` never decays (warm-up, then constant).
+
+    m = min_factor. `decay_start: None` never decays (warm-up, then constant).
     """
 
-    warmup_steps: int = 0
-    decay_start: int | None = None
-    decay_steps: int = 0
-    min_factor: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.warmup_steps < 0 or self.decay_steps < 0:
-            raise ConfigError(
-                f"model.lr_schedule: warmup_steps and decay_steps must be >= 0, got {self}"
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup_steps: int = 0,
+        decay_start: int | None = None,
+        decay_steps: int = 0,
+        min_factor: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        if warmup_steps < 0 or decay_steps < 0:
+            raise ValueError(
+                f"warmup_steps and decay_steps must be >= 0, got {warmup_steps}, {decay_steps}"
             )
-        if self.decay_start is not None and self.decay_start < 0:
-            raise ConfigError(f"model.lr_schedule: decay_start must be >= 0, got {self}")
-        if not 0.0 <= self.min_factor <= 1.0:
-            raise ConfigError(f"model.lr_schedule: min_factor must lie in [0, 1], got {self}")
-
-    @classmethod
-    def from_config(cls, options: dict | None) -> WarmupStableDecay:
-        """Build from a config mapping; unknown keys name the ones that exist."""
-        options = dict(options or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(
-                f"model.lr_schedule: unknown option(s) {unknown}; the options are {sorted(known)}"
-            )
-        return cls(**options)
+        if decay_start is not None and decay_start < 0:
+            raise ValueError(f"decay_start must be >= 0 or null, got {decay_start}")
+        if not 0.0 <= min_factor <= 1.0:
+            raise ValueError(f"min_factor must lie in [0, 1], got {min_factor}")
+        self.warmup_steps = int(warmup_steps)
+        self.decay_start = None if decay_start is None else int(decay_start)
+        self.decay_steps = int(decay_steps)
+        self.min_factor = float(min_factor)
+        super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
         """Learning-rate multiplier at optimizer step `step` (0-based)."""
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.decay_start is None or step < self.decay_start:
-            return 1.0
-        done = step - self.decay_start
-        if done >= self.decay_steps:
-            return self.min_factor
-        cosine = 0.5 * (1.0 + math.cos(math.pi * done / self.decay_steps))
-        return self.min_factor + (1.0 - self.min_factor) * cosine
+        return wsd_factor(
+            step, self.warmup_steps, self.decay_start, self.decay_steps, self.min_factor
+        )
 
-    def apply(self, optimizer: torch.optim.Optimizer, base_lr: float, step: int) -> float:
-        """Set every parameter group's lr to base_lr * factor(step); returns that lr."""
-        lr = base_lr * self.factor(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
