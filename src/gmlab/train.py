@@ -1,9 +1,10 @@
 """`gmlab-train`: compose the Hydra config, build data/model/trainer, fit, then test.
 
 gmlab-train                                   # MFA on the bundled 8x8 digits
-gmlab-train experiment=mfa_mnist data.root=../shared/data
+gmlab-train experiment=mfa_mnist data.root=$GMLAB_DATA
 gmlab-train -m model=vae,vae_mog data=mnist seed=1,2,3
 gmlab-train ... ckpt_path=<run>/checkpoints/last.ckpt   # resume
+gmlab-train hydra.run.dir=outputs/mine ckpt_path=last   # start, or resume after a kill
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from gmlab.callbacks.run_record import RunHeartbeat
 from gmlab.utils.checkpoint import check_compatible
 from gmlab.utils.cli import quiet_lightning, require_values, user_errors
 from gmlab.utils.instantiate import instantiate_callbacks, instantiate_loggers
-from gmlab.utils.runs import PROJECT_ROOT, finish_run, plain_config, scalar_metrics
+from gmlab.utils.provenance import trainer_device
+from gmlab.utils.runs import PROJECT_ROOT, RunRecord, finish_run, plain_config, scalar_metrics
+from gmlab.utils.sweep import run_recorded
 
 os.environ.setdefault("GMLAB_ROOT", str(PROJECT_ROOT))
 
@@ -44,8 +48,9 @@ def _multirun_job_num() -> int | None:
     return hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
-def build(cfg: DictConfig):
-    """Instantiate (datamodule, model, trainer) from a composed config."""
+def build(cfg: DictConfig, record: RunRecord | None = None):
+    """Instantiate (datamodule, model, trainer) from a composed config (with a heartbeat
+    into `record`, when given)."""
     import torch
 
     quiet_lightning()
@@ -58,19 +63,37 @@ def build(cfg: DictConfig):
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     model.run_config = plain_config(cfg)
     callbacks = instantiate_callbacks(cfg.get("callbacks"), cfg.trainer)
+    if record is not None:
+        callbacks.append(RunHeartbeat(record))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit and/or test as the config says; returns the final scalar metrics."""
+def resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from: `ckpt_path`, where `last` means this run's own
+    `checkpoints/last.ckpt` if it exists (else a fresh start)."""
+    path = cfg.get("ckpt_path")
+    if path != "last":
+        return str(Path(path).resolve()) if path else None
+    folder = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+    last = Path(folder or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
+    return str(last.resolve()) if last.is_file() else None
+
+
+def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, float]:
+    """Fit and/or test as the config says; returns the final scalar metrics. `record`: the
+    run's `run.json`, given the checkpoint, device and metric kinds."""
     require_values(cfg)
-    datamodule, model, trainer = build(cfg)
-    if cfg.get("ckpt_path"):
-        check_compatible(model, cfg.ckpt_path)
+    ckpt_path = resume_path(cfg)
+    datamodule, model, trainer = build(cfg, record)
+    if record is not None:
+        kinds = model.metric_kinds() if hasattr(model, "metric_kinds") else {}
+        record.update(ckpt_path=ckpt_path, device=trainer_device(trainer), metric_kinds=kinds)
+    if ckpt_path:
+        check_compatible(model, ckpt_path)
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = scalar_metrics(trainer)
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -85,10 +108,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """The metric `optimized_metric` for sweepers; None for a failed job of a multirun."""
     with user_errors():
-        metrics = train(cfg)
+        metrics = run_recorded(cfg, "train", train)
     name = cfg.get("optimized_metric")
-    return metrics.get(name) if name else None
+    return metrics.get(name) if metrics is not None and name else None
 
 
 if __name__ == "__main__":

@@ -1,14 +1,55 @@
-"""What a run leaves behind besides checkpoints: metrics.json and hyperparameters."""
+"""What a run leaves behind besides checkpoints: metrics.json, hyperparameters and its
+record `run.json` (status, times, provenance; docs/sweeps.md lists the keys)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
+RUN_RECORD = "run.json"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write `data` as JSON to `path` through a temporary file and `os.replace`, so a reader
+    (or a crash) never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`; None when the file is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_record(run_dir: Path) -> dict | None:
+    """The `run.json` of a run folder, or None."""
+    return read_json(Path(run_dir) / RUN_RECORD)
+
+
+class RunRecord:
+    """A run folder's `run.json`, rewritten atomically on every `update`."""
+
+    def __init__(self, run_dir: Path, data: dict) -> None:
+        self.path = Path(run_dir) / RUN_RECORD
+        self.data = data
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.data)
 
 
 def plain_config(cfg: DictConfig) -> dict:
@@ -42,7 +83,7 @@ def finish_run(
     """Write metrics.json and log the hyperparameters together with the final metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        write_json_atomic(out_dir / "metrics.json", metrics)
     hparams = flatten(
         {k: v for k, v in cfg_dict.items() if k in ("model", "data", "seed", "trainer")}
     )
