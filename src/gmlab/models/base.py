@@ -22,6 +22,7 @@ from gmlab.errors import ConfigError, NonFiniteError, ShapeError
 from gmlab.metrics.bpd import bits_per_dim, nats_to_bits
 from gmlab.models.parts import build_part
 from gmlab.utils.lr_schedule import wsd_factor
+from gmlab.utils.metric_kinds import BY_NAME, kind, stage_kinds
 
 # keys of an lr_scheduler config that are Lightning's, not the scheduler's
 SCHEDULER_LOOP_KEYS = ("interval", "frequency")
@@ -183,6 +184,12 @@ class GmlabModule(L.LightningModule):
 
     def on_test_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0):
         self.check_batch(batch, batch_idx)
+
+    def metric_kinds(self) -> dict[str, dict]:
+        """{metric name: kind} for the run record (`gmlab.utils.metric_kinds`), by default
+        from the names (`*/nll`, `*/bpd`: exact; `*/acc`: accuracy; ...). Models whose
+        likelihood metrics are bounds override it."""
+        return stage_kinds({name: kind(value) for name, value in BY_NAME.items()})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record the class and the run config so `gmlab-eval` can rebuild any checkpoint."""
