@@ -138,9 +138,9 @@ def _label(groups: list[Group]) -> None:
             if o not in common and override_key(o) not in ("model", "data")
         ]
         group.label = " ".join(shown)
-    by_label: dict[str, list[Group]] = {}
+    by_label: dict[tuple, list[Group]] = {}
     for group in groups:
-        by_label.setdefault(group.label, []).append(group)
+        by_label.setdefault((group.model, group.data, group.task, group.label), []).append(group)
     for same in by_label.values():
         if len(same) < 2:
             continue
