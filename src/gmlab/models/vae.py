@@ -283,6 +283,19 @@ class VAE(GenerativeModel):
         self.log("test/bpd_iwae", self.to_bits(ll).mean(), batch_size=bs, sync_dist=True)
 
     # ---------------------------------------------------------------- sampling
+    def metric_kinds(self) -> dict[str, dict]:
+        """Test nll/bpd are the IWAE bound with `eval.iwae_k` samples, validation's the ELBO."""
+        from gmlab.utils.metric_kinds import kind, stage_kinds
+
+        kinds = super().metric_kinds()
+        kinds |= stage_kinds({"nll": kind("elbo"), "bpd": kind("elbo")}, ("val",))
+        iwae = kind("iwae_bound", k=int(self.eval_cfg["iwae_k"]))
+        kinds |= stage_kinds(dict.fromkeys(("nll", "bpd", "nll_iwae", "bpd_iwae"), iwae), ("test",))
+        val_k = int(self.eval_cfg.get("val_iwae_k") or 0)
+        if val_k > 1:
+            kinds["val/nll_iwae"] = kind("iwae_bound", k=val_k)
+        return kinds
+
     def sample(self, n: int, noise: bool = True) -> torch.Tensor:
         """[n, *data_shape] from the prior; `noise=False` returns the decoder means."""
         z = self.prior.sample(n)

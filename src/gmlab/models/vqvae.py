@@ -167,6 +167,14 @@ class VQVAE(GenerativeModel):
         x = self.likelihood.sample(params) if noise else self.likelihood.mean(params)
         return self.preprocess.to_pixels(x)
 
+    def metric_kinds(self) -> dict[str, dict]:
+        """Validation and test nll/bpd are the VQ bound log p(x | z_q) + log p(z_q)."""
+        from gmlab.utils.metric_kinds import kind, stage_kinds
+
+        vq = kind("vq_bound")
+        kinds = stage_kinds({"nll": vq, "bpd": vq}, ("val", "test"))
+        return GenerativeModel.metric_kinds(self) | kinds
+
     def sample(self, n: int) -> torch.Tensor:
         """[n, C, H, W] from uniformly drawn codes (stage 2's prior gives real samples)."""
         codes = torch.randint(self.num_codes, (n, *self.grid_shape), device=self.device)
@@ -239,6 +247,8 @@ class VQVAEPixelCNN(GenerativeModel):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.prior.parameters(), lr=self.hparams.lr)
+
+    metric_kinds = VQVAE.metric_kinds  # the same bound, with the PixelCNN's log p(z_q)
 
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """[n, C, H, W]: codes from the PixelCNN, decoded to decoder means."""
