@@ -20,7 +20,9 @@ from gmlab.errors import GmlabError
 from gmlab.utils.checkpoint import load_model, read_checkpoint
 from gmlab.utils.cli import quiet_lightning, require_values, user_errors
 from gmlab.utils.instantiate import instantiate_loggers
-from gmlab.utils.runs import PROJECT_ROOT, finish_run, plain_config, scalar_metrics
+from gmlab.utils.provenance import trainer_device
+from gmlab.utils.runs import PROJECT_ROOT, RunRecord, finish_run, plain_config, scalar_metrics
+from gmlab.utils.sweep import run_recorded
 
 os.environ.setdefault("GMLAB_ROOT", str(PROJECT_ROOT))
 
@@ -58,7 +60,9 @@ def ndb_metrics(model, datamodule, cfg: DictConfig) -> dict[str, float]:
     }
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
+def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, float]:
+    """Test the checkpoint `ckpt_path`; returns the metrics. `record`: the run's `run.json`,
+    given the checkpoint, device and metric kinds."""
     require_values(cfg)
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -70,6 +74,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer = hydra.utils.instantiate(
         cfg.trainer, logger=loggers or False, callbacks=[EpochSeed(cfg.seed)]
     )
+    if record is not None:
+        record.update(
+            ckpt_path=str(Path(cfg.ckpt_path).resolve()),
+            device=trainer_device(trainer),
+            metric_kinds=model.metric_kinds() if hasattr(model, "metric_kinds") else {},
+        )
     trainer.test(model, datamodule=datamodule)
     metrics = scalar_metrics(trainer)
     if cfg.ndb.enabled and hasattr(model, "sample"):
@@ -84,7 +94,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="eval")
 def main(cfg: DictConfig) -> None:
     with user_errors():
-        metrics = evaluate(cfg)
+        metrics = run_recorded(cfg, "eval", evaluate)
+    if metrics is None:  # a failed job of a multirun (recorded in its run.json)
+        return
     for name, value in sorted(metrics.items()):
         print(f"{name:>24s}  {value:.6g}")
 
