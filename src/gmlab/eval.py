@@ -3,7 +3,8 @@
 Without `data=...` the data config recorded in the checkpoint is used (`data.root=<dir>`
 points it at moved data). Metrics go to
 `<run>/metrics.json` and TensorBoard; `ndb.enabled=true` adds the NDB metric for models
-that can sample.
+that can sample; `ood=<set>` (or `ood=[<set>,...]`) adds out-of-distribution detection
+metrics (`gmlab.ood`, docs/ood.md).
 """
 
 from __future__ import annotations
@@ -80,13 +81,21 @@ def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, floa
             device=trainer_device(trainer),
             metric_kinds=model.metric_kinds() if hasattr(model, "metric_kinds") else {},
         )
-    trainer.test(model, datamodule=datamodule)
+    if not (cfg.ood.sets and cfg.ood.skip_test):
+        trainer.test(model, datamodule=datamodule)
     metrics = scalar_metrics(trainer)
     if cfg.ndb.enabled and hasattr(model, "sample"):
         datamodule.setup()
         metrics.update(ndb_metrics(model, datamodule, cfg))
         for logger in trainer.loggers:
             logger.log_metrics({k: v for k, v in metrics.items() if "ndb" in k}, step=0)
+    if cfg.ood.sets:
+        from gmlab.ood.run import evaluate_ood
+
+        out_dir = Path(trainer.default_root_dir)
+        metrics.update(
+            evaluate_ood(model, datamodule, cfg, out_dir, trainer.loggers, cfg.data.root)
+        )
     finish_run(trainer, plain_config(cfg), metrics, Path(trainer.default_root_dir))
     return metrics
 
