@@ -1,0 +1,207 @@
+"""Multiruns that keep going, relaunch / resume, `ckpt_path=last` and the run records, as a
+user runs them (real `gmlab-train` subprocesses on tiny data)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+import hydra
+import lightning
+import pytest
+import torch
+import yaml
+from support.cli import gmlab
+from support.sweeps import kill_once, metrics, record
+
+from gmlab.utils.sweep import job_key
+
+REPO = Path(__file__).resolve().parents[1]
+POINTS = [
+    "model=gaussian",
+    "data._target_=support.callbacks.PointsDataModule",
+    "~data.test_size",
+    "data.shape=[2]",
+    "data.batch_size=32",
+    "data.val_size=64",
+    "trainer.max_epochs=4",
+    "trainer.deterministic=true",
+    "~callbacks.progress_bar",
+    "~callbacks.model_summary",
+    "seed=7",
+]
+SAME = ("test/bpd", "test/nll", "val/bpd")
+
+
+def seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def git_head() -> str | None:
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True)
+    return out.stdout.decode().strip() if out.returncode == 0 else None
+
+
+def test_job_key_is_the_sha1_of_the_sorted_overrides_without_hydra_and_ckpt_path():
+    expected = hashlib.sha1(b"model=vae\nseed=2").hexdigest()
+    assert job_key(["seed=2", "model=vae"]) == expected
+    noisy = ["seed=2", "hydra.sweep.dir=/x", "model=vae", "ckpt_path=last", "hydra/launcher=slurm"]
+    assert job_key(noisy) == expected
+    assert job_key(["seed=3", "model=vae"]) != expected
+    # an evaluation of another checkpoint is another job
+    assert job_key(["ckpt_path=a.ckpt"], "eval") != job_key(["ckpt_path=b.ckpt"], "eval")
+
+
+def test_failed_first_job_does_not_stop_the_sweep(tmp_path, run_env):
+    sweep = tmp_path / "sweep"
+    common = [
+        "model=gaussian",
+        "trainer.max_epochs=1",
+        f"paths.data_dir={tmp_path / 'no_data'}",
+        "~callbacks.progress_bar",
+        "~callbacks.model_summary",
+    ]
+    out = gmlab(
+        "gmlab-train",
+        ["-m", "data=cifar10,digits", *common, f"hydra.sweep.dir={sweep}"],
+        run_env,
+        check=False,
+    )
+    assert out.returncode == 1, out.stderr
+    assert f"multirun {sweep}: 1 finished, 1 failed, 0 skipped, 0 unfinished" in out.stdout
+    assert f"failed: {sweep / '0'}  DataNotFoundError: CIFAR-10 not found" in out.stdout
+    assert "Traceback" not in out.stderr  # a user error is one line, also in a multirun
+
+    failed = record(sweep / "0")
+    assert failed["status"] == "failed" and failed["task"] == "train"
+    assert failed["error"]["type"] == "DataNotFoundError"
+    assert "CIFAR-10 not found" in failed["error"]["message"]
+    assert "Traceback" in failed["error"]["traceback"]
+    assert not (sweep / "0" / "metrics.json").exists()
+
+    done = record(sweep / "1")
+    assert done["status"] == "finished" and done["schema"] == 1
+    assert metrics(sweep / "1")["test/bpd"] > 0
+    # provenance, each against an independent source
+    overrides = yaml.safe_load((sweep / "1" / ".hydra" / "overrides.yaml").read_text())
+    assert done["overrides"] == overrides and "data=digits" in overrides
+    assert done["job_key"] == hashlib.sha1("\n".join(sorted(overrides)).encode()).hexdigest()
+    assert done["sweep_dir"] == str(sweep) and done["job_num"] == 1
+    assert done["git"]["commit"] == git_head()
+    assert isinstance(done["git"]["dirty"], bool) or done["git"]["commit"] is None
+    assert done["versions"]["torch"] == torch.__version__
+    assert done["versions"]["lightning"] == lightning.__version__
+    assert done["versions"]["hydra"] == hydra.__version__
+    assert done["versions"]["python"] == platform.python_version()
+    assert done["device"]["accelerator"] == "cpu"
+    assert done["device"]["count"] == len(os.sched_getaffinity(0))
+    assert done["device"]["name"]
+    wall = seconds(done["end_time"]) - seconds(done["start_time"])
+    assert abs(done["wall_time_s"] - wall) <= 1.5
+    assert seconds(done["start_time"]) <= seconds(done["heartbeat"]) <= seconds(done["end_time"])
+    assert done["ckpt_path"] is None and done["attempts"] == []
+    exact = {"kind": "exact"}
+    assert done["metric_kinds"]["test/bpd"] == exact and done["metric_kinds"]["val/nll"] == exact
+    assert set(done["metric_kinds"]) == set(metrics(sweep / "1"))
+
+
+def test_single_run_failure_is_one_line_and_recorded(tmp_path, run_env):
+    run = tmp_path / "run"
+    args = ["data=cifar10", f"paths.data_dir={tmp_path}", f"hydra.run.dir={run}"]
+    out = gmlab("gmlab-train", args, run_env, check=False)
+    assert out.returncode == 1
+    assert "error: CIFAR-10 not found" in out.stderr and "Traceback" not in out.stderr
+    rec = record(run)
+    assert rec["status"] == "failed" and rec["sweep_dir"] is None and rec["job_num"] is None
+    assert rec["error"]["type"] == "DataNotFoundError"
+
+
+@pytest.mark.slow
+def test_ckpt_path_last_starts_fresh_then_resumes_a_sigkilled_run(tmp_path, run_env):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    gmlab("gmlab-train", [*POINTS, f"hydra.run.dir={full}", "ckpt_path=last"], run_env)
+    assert record(full)["ckpt_path"] is None and record(full)["status"] == "finished"
+
+    command = [*POINTS, f"hydra.run.dir={killed}", "ckpt_path=last"]
+    command += kill_once(tmp_path / "killed_once")
+    crash = gmlab("gmlab-train", command, run_env, check=False)
+    assert crash.returncode == -9  # SIGKILL mid-epoch 2
+    stopped = record(killed)
+    assert stopped["status"] == "running" and stopped["end_time"] is None
+    assert stopped["heartbeat"] is not None  # stamped at the checkpoints of epochs 0 and 1
+    last = killed / "checkpoints" / "last.ckpt"
+    assert last.is_file() and not (killed / "metrics.json").exists()
+
+    gmlab("gmlab-train", command, run_env)  # the identical command
+    resumed = record(killed)
+    assert resumed["status"] == "finished" and resumed["ckpt_path"] == str(last)
+    assert [a["status"] for a in resumed["attempts"]] == ["running"]
+    a, b = metrics(full), metrics(killed)
+    for key in SAME:
+        assert a[key] == b[key], key  # bitwise-equal floats
+
+
+@pytest.mark.slow
+def test_relaunch_resumes_unfinished_jobs_and_skips_finished_ones(tmp_path, run_env):
+    """Jobs a and b train identically (`+label` changes nothing): a is killed in the first
+    launch and resumed in the second, where b runs through; their metrics are equal. A third
+    launch in another order skips both (matched by overrides, not job numbers) and runs the
+    new job c in a folder of its own."""
+    sweep = tmp_path / "sweep"
+    base = [*POINTS, f"hydra.sweep.dir={sweep}", *kill_once(tmp_path / "killed_once")]
+    first = gmlab("gmlab-train", ["-m", "+label=a,b", *base], run_env, check=False)
+    assert first.returncode == -9
+    assert record(sweep / "0")["status"] == "running" and not (sweep / "1").exists()
+
+    second = gmlab("gmlab-train", ["-m", "+label=a,b", *base], run_env)
+    assert "2 finished, 0 failed, 0 skipped, 0 unfinished" in second.stdout
+    a, b = record(sweep / "0"), record(sweep / "1")
+    assert a["ckpt_path"] == str(sweep / "0" / "checkpoints" / "last.ckpt")
+    assert [x["status"] for x in a["attempts"]] == ["running"]
+    assert b["ckpt_path"] is None and b["attempts"] == []
+    for key in SAME:
+        assert metrics(sweep / "0")[key] == metrics(sweep / "1")[key], key
+    before = {d: (sweep / d / "metrics.json").stat().st_mtime_ns for d in ("0", "1")}
+
+    third = gmlab("gmlab-train", ["-m", "+label=c,b,a", *base], run_env)
+    assert "1 finished, 0 failed, 2 skipped, 0 unfinished" in third.stdout
+    for folder, label in (("0", "a"), ("1", "b")):
+        rec = record(sweep / folder)
+        assert f"+label={label}" in rec["overrides"]
+        assert rec["status"] == "finished" and rec["attempts"][-1]["status"] == "skipped"
+        assert (sweep / folder / "metrics.json").stat().st_mtime_ns == before[folder]
+    folders = {p.name for p in sweep.iterdir() if p.is_dir()}
+    (new,) = folders - {"0", "1"}  # job 0 of this launch; folder 0 holds another job
+    rec = record(sweep / new)
+    assert new == f"0-{rec['job_key'][:8]}" and "+label=c" in rec["overrides"]
+    assert rec["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_local_gpus_launcher_keeps_going_on_the_cpu(tmp_path, run_env):
+    """`hydra/launcher=local_gpus` (submitit, one process per job): the summary is built
+    from the run records the job processes wrote."""
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        "hydra/launcher=local_gpus",
+        "hydra.launcher.gpus_per_node=0",
+        "data=cifar10,digits",
+        "model=gaussian",
+        "trainer.max_epochs=1",
+        f"paths.data_dir={tmp_path / 'no_data'}",
+        "~callbacks.progress_bar",
+        "~callbacks.model_summary",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    out = gmlab("gmlab-train", args, run_env, check=False)
+    assert out.returncode == 1, out.stderr
+    assert "1 finished, 1 failed, 0 skipped, 0 unfinished" in out.stdout
+    assert record(sweep / "0")["error"]["type"] == "DataNotFoundError"
+    assert record(sweep / "1")["status"] == "finished"
+    again = gmlab("gmlab-train", args, run_env, check=False)
+    assert "0 finished, 1 failed, 1 skipped, 0 unfinished" in again.stdout
