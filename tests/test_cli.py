@@ -67,10 +67,15 @@ def test_print_config_and_unknown_option(run_env):
     "override, message",
     [
         (
-            "model.norm=layer",
-            "error: model.norm must be one of (None, 'batch', 'act'), got 'layer'",
+            "model.flow.norm=layer",
+            "error: cannot build model.flow (gmlab.nn.flows.build_realnvp): ValueError: "
+            "norm must be one of (None, 'batch', 'act'), got 'layer'",
         ),
-        ("+model.lr_schedule.decay_step=5", "error: model.lr_schedule: unknown option(s)"),
+        (
+            "+model.lr_scheduler.decay_step=5",
+            "error: cannot build model.lr_scheduler (gmlab.utils.lr_schedule.WarmupStableDecay): "
+            "TypeError: WarmupStableDecay.__init__() got an unexpected keyword argument",
+        ),
     ],
 )
 def test_bad_model_option_is_one_error_paragraph(run_env, tmp_path, override, message):

@@ -47,7 +47,7 @@ MODELS = {
     "vae": [],
     "vae_mog": ["model.n_components=10"],
     "vlae": ["model.architecture=mlp", "model.made_hidden=[32,32]"],  # conv needs 32x32
-    "realnvp": ["model.num_blocks=1", "model.filters=8"],
+    "realnvp": ["model.flow.num_blocks=1", "model.flow.filters=8"],
 }
 
 

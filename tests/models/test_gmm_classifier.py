@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def small_model(**kw) -> GMMClassifier:
     args = dict(data_shape=(1, 8, 8), num_classes=10, features=32, channels=(8, 16))
-    args.update(optimizer="adam", lr=3e-3, lr_gamma=None)
+    args.update(optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3})
     return GMMClassifier(**{**args, **kw})
 
 
@@ -70,8 +70,8 @@ def test_gmlab_train_logs_metrics_histogram_and_grids(tmp_path):
     cfg = train_config(
         tmp_path,
         [
-            "model=gmm_classifier", "data=digits", "model.features=32", "model.optimizer=adam",
-            "model.lr=0.003", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
+            "model=gmm_classifier", "data=digits", "model.features=32", "model/optimizer=adam",
+            "model.optimizer.lr=0.003", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
             "logger=tensorboard",
         ],
     )  # fmt: skip
@@ -130,6 +130,8 @@ def test_figures_and_ood_score():
         f = model.trunk(model.inputs(x))
         torch.testing.assert_close(model.ood_score(x), model.head.log_prob(f))
         torch.testing.assert_close(model(x), model.head(f))
+        assert set(model.histograms(x)) == {"ood_score"}
+        torch.testing.assert_close(model.histograms(x)["ood_score"], model.head.log_prob(f))
 
 
 def test_points_skip_the_trunk_and_bad_shapes_are_clear_errors():
@@ -152,7 +154,9 @@ def test_experiment_configs(experiment, cov, g):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}"])
     assert cfg.model.covariance == cov and cfg.model.components_per_class == g
-    assert cfg.model.optimizer == "adadelta" and cfg.model.lr == 1.0
-    assert cfg.model.lr_gamma == 0.7 and cfg.data.batch_size == 64
+    assert cfg.model.optimizer._target_ == "torch.optim.Adadelta" and cfg.model.optimizer.lr == 1.0
+    assert cfg.model.lr_scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
+    assert cfg.model.lr_scheduler.gamma == 0.7 and cfg.model.lr_scheduler.step_size == 1
+    assert cfg.model.lr_scheduler.interval == "epoch" and cfg.data.batch_size == 64
     assert cfg.trainer.max_epochs == 14 and cfg.data._target_.endswith("MNISTDataModule")
     assert cfg.model.data_shape == [1, 28, 28]

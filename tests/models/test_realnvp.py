@@ -15,7 +15,7 @@ from torch.autograd.functional import jacobian
 
 from gmlab.data import DigitsDataModule
 from gmlab.distributions.normal import std_normal_log_prob_flat
-from gmlab.errors import ShapeError
+from gmlab.errors import ConfigError, ShapeError
 from gmlab.models.realnvp import RealNVP
 from gmlab.nn.flows import (
     AffineCoupling,
@@ -32,6 +32,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 TINY = {"num_blocks": 1, "filters": 8, "channels_last": False}
+FLOW_OPTIONS = {
+    "num_scales",
+    "num_blocks",
+    "filters",
+    "filter_growth",
+    "kernel_size",
+    "alpha",
+    "norm",
+    "net_norm",
+    "channels_last",
+}
+
+
+def make(shape, lr: float | None = None, **options) -> RealNVP:
+    """RealNVP with the flow options given flat, as the flow part's config."""
+    flow = {key: options.pop(key) for key in list(options) if key in FLOW_OPTIONS}
+    optimizer = {"_target_": "torch.optim.Adam", "lr": lr} if lr else None
+    flow = {"_target_": "gmlab.nn.flows.build_realnvp", **flow}
+    return RealNVP(shape, flow=flow, optimizer=optimizer, **options)
 
 
 def randomized(model: RealNVP, seed: int = 0) -> RealNVP:
@@ -43,7 +62,7 @@ def randomized(model: RealNVP, seed: int = 0) -> RealNVP:
 
 
 def test_architecture_is_the_papers_32x32_stack():
-    model = RealNVP([3, 32, 32], num_blocks=2, filters=16, norm=None)
+    model = make([3, 32, 32], num_blocks=2, filters=16, norm=None)
     logit, scale0 = model.flow
     kinds = [
         (type(f).__name__, getattr(f, "mask", None), getattr(f, "channels", None)) for f in scale0
@@ -71,7 +90,7 @@ def test_architecture_is_the_papers_32x32_stack():
 
 
 def test_default_has_batch_norm_after_every_coupling():
-    layers = [m for m in RealNVP([1, 8, 8], **TINY).flow.modules() if isinstance(m, Flow)]
+    layers = [m for m in make([1, 8, 8], **TINY).flow.modules() if isinstance(m, Flow)]
     couplings = [i for i, m in enumerate(layers) if isinstance(m, AffineCoupling)]
     assert len(couplings) == 10
     assert all(isinstance(layers[i + 1], BatchNormFlow) for i in couplings)
@@ -81,22 +100,22 @@ def test_net_norm_puts_batch_norm_after_every_conv_but_the_last():
     def batch_norms(model):
         return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
-    assert batch_norms(RealNVP([1, 8, 8], **TINY)) == []
-    model = RealNVP([1, 8, 8], net_norm="batch", **{**TINY, "num_blocks": 2})
+    assert batch_norms(make([1, 8, 8], **TINY)) == []
+    model = make([1, 8, 8], net_norm="batch", **{**TINY, "num_blocks": 2})
     assert len(batch_norms(model)) == 10 * (1 + 2 * 2)  # 10 couplings: inp + 2 per block
     with pytest.raises(ValueError, match="net_norm"):
-        RealNVP([1, 8, 8], net_norm="act", **TINY)
+        make([1, 8, 8], net_norm="act", **TINY)
 
 
 def test_deeper_multiscale_stack_for_64x64():
-    model = RealNVP([3, 64, 64], num_scales=5, num_blocks=1, filters=4, filter_growth=2.0)
+    model = make([3, 64, 64], num_scales=5, num_blocks=1, filters=4, filter_growth=2.0)
     squeezes = [m for m in model.flow.modules() if isinstance(m, Squeeze)]
     assert len(squeezes) == 2 * 4  # one squeeze + one unsqueeze per non-final scale
     couplings = [m for m in model.flow.modules() if isinstance(m, AffineCoupling)]
     assert len(couplings) == 4 * 6 + 4
     assert couplings[-1].channels == 48 and couplings[-1].net.inp.out_channels == 4 * 2**4
-    with pytest.raises(ShapeError, match="divisible by 16"):
-        RealNVP([3, 40, 40], num_scales=5, **TINY)
+    with pytest.raises(ConfigError, match=r"(?s)model.flow .*divisible by 16"):
+        make([3, 40, 40], num_scales=5, **TINY)
 
 
 @pytest.mark.parametrize("norm", [None, "batch", "act"])
@@ -104,7 +123,7 @@ def test_deeper_multiscale_stack_for_64x64():
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_whole_flow_inverts_exactly(norm, net_norm, mode):
     torch.manual_seed(0)
-    model = randomized(RealNVP([3, 8, 8], norm=norm, net_norm=net_norm, **TINY))
+    model = randomized(make([3, 8, 8], norm=norm, net_norm=net_norm, **TINY))
     model.train(mode == "train")
     y = torch.rand(6, 3, 8, 8)
     z, log_det = model.flow(y)
@@ -117,7 +136,7 @@ def test_whole_flow_inverts_exactly(norm, net_norm, mode):
 @pytest.mark.parametrize("net_norm", [None, "batch"])
 def test_whole_flow_log_det_and_density_match_brute_force_jacobian(net_norm):
     torch.manual_seed(1)
-    model = randomized(RealNVP([2, 4, 4], net_norm=net_norm, **TINY)).double().eval()
+    model = randomized(make([2, 4, 4], net_norm=net_norm, **TINY)).double().eval()
     y = torch.rand(2, 2, 4, 4, dtype=torch.float64) * 0.9 + 0.05
     z, log_det = model.flow(y)
     for i in range(2):
@@ -150,7 +169,7 @@ def analytic_uniform_bpd(alpha: float) -> float:
 @pytest.mark.parametrize("alpha", [0.05, 0.1])
 def test_fresh_model_bpd_on_uniform_noise_is_analytic(alpha):
     torch.manual_seed(2)
-    model = RealNVP([3, 8, 8], alpha=alpha, **TINY).eval()
+    model = make([3, 8, 8], alpha=alpha, **TINY).eval()
     x = torch.randint(0, 256, (1024, 3, 8, 8), dtype=torch.uint8)
     with torch.no_grad():
         bpd = model.bits_per_dim(x).mean().item()
@@ -164,7 +183,7 @@ def test_bf16_autocast_keeps_float32_log_likelihood(device, norm):
     """bf16 s/t nets change bits/dim by bf16 rounding only (randomized batch-norm scales
     push a fresh model's bits/dim to ~100: hence the relative tolerance)."""
     torch.manual_seed(3)
-    model = randomized(RealNVP([1, 8, 8], amp="none", norm=norm, **TINY)).eval().to(device)
+    model = randomized(make([1, 8, 8], amp="none", norm=norm, **TINY)).eval().to(device)
     x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8, device=device)
     torch.manual_seed(4)
     ll32 = model.log_likelihood(x)
@@ -177,7 +196,7 @@ def test_bf16_autocast_keeps_float32_log_likelihood(device, norm):
 
 def test_sampling_shapes_range_temperature_and_mode():
     torch.manual_seed(5)
-    model = randomized(RealNVP([1, 8, 8], norm="batch", **TINY))
+    model = randomized(make([1, 8, 8], norm="batch", **TINY))
     model.train()
     model.flow(torch.rand(32, 1, 8, 8))  # a training forward leaves batch statistics behind
     images = model.sample(10)
@@ -191,17 +210,17 @@ def test_sampling_shapes_range_temperature_and_mode():
 
 def test_bad_configs_and_inputs_are_clear_errors():
     with pytest.raises(ShapeError, match=r"images \[C, H, W\]"):
-        RealNVP([784], **TINY)
+        make([784], **TINY)
     with pytest.raises(ValueError, match="unit-cube"):
-        RealNVP([1, 8, 8], preprocess={"scale": "symmetric"}, **TINY)
-    with pytest.raises(ValueError, match="norm"):
-        RealNVP([1, 8, 8], norm="layer", **TINY)
+        make([1, 8, 8], preprocess={"scale": "symmetric"}, **TINY)
+    with pytest.raises(ConfigError, match=r"(?s)model.flow .*norm must be one of"):
+        make([1, 8, 8], norm="layer", **TINY)
     with pytest.raises(ShapeError, match=r"\[B, 1, 8, 8\]"):
-        RealNVP([1, 8, 8], **TINY).log_likelihood(torch.zeros(2, 1, 9, 9, dtype=torch.uint8))
+        make([1, 8, 8], **TINY).log_likelihood(torch.zeros(2, 1, 9, 9, dtype=torch.uint8))
 
 
 def test_weight_decay_applies_to_weight_norm_scales_only():
-    model = RealNVP([1, 8, 8], **TINY)
+    model = make([1, 8, 8], **TINY)
     decay, rest = model.configure_optimizers().param_groups
     assert decay["weight_decay"] == 5e-5 and rest["weight_decay"] == 0.0
     g = {id(m.weight_g) for m in model.modules() if isinstance(m, WeightNormConv2d)}
@@ -212,7 +231,7 @@ def test_weight_decay_applies_to_weight_norm_scales_only():
 def test_short_training_lowers_test_bpd_and_checkpoint_loads_weights_only(tmp_path):
     torch.manual_seed(6)
     data = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
-    model = RealNVP([1, 8, 8], num_blocks=2, filters=16, lr=3e-3, max_grad_norm=10.0)
+    model = make([1, 8, 8], num_blocks=2, filters=16, lr=3e-3, max_grad_norm=10.0)
     data.setup()
     x_test = data.tensors("test")[0]
 
@@ -240,7 +259,7 @@ def test_short_training_lowers_test_bpd_and_checkpoint_loads_weights_only(tmp_pa
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     raw = torch.load(path, weights_only=True)
-    assert raw["hyper_parameters"]["filters"] == 16 and "state_dict" in raw
+    assert raw["hyper_parameters"]["flow"]["filters"] == 16 and "state_dict" in raw
     restored = load_model(path)
     assert isinstance(restored, RealNVP)
     assert test_bpd(restored) == pytest.approx(after, abs=1e-5)
@@ -256,7 +275,7 @@ def test_short_training_lowers_test_bpd_and_checkpoint_loads_weights_only(tmp_pa
     assert any("parametrizations" in key for key in raw["state_dict"])
     legacy = tmp_path / "legacy.ckpt"
     torch.save(raw, legacy)
-    check_compatible(RealNVP([1, 8, 8], num_blocks=2, filters=16), legacy)
+    check_compatible(make([1, 8, 8], num_blocks=2, filters=16), legacy)
     assert test_bpd(load_model(legacy)) == pytest.approx(after, abs=1e-5)
 
 
@@ -266,7 +285,7 @@ def test_validation_and_test_recalibrate_batch_norm_on_recent_training_batches(t
     batches, whose exactness tests/nn/test_flows.py checks) can move running statistics."""
     torch.manual_seed(8)
     data = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
-    model = RealNVP([1, 8, 8], num_blocks=1, filters=8, lr=3e-3, bn_calibration_batches=2)
+    model = make([1, 8, 8], num_blocks=1, filters=8, lr=3e-3, bn_calibration_batches=2)
     layers = [m for m in model.modules() if isinstance(m, BatchNormFlow)]
     for layer in layers:
         layer.momentum = 0.0
@@ -302,7 +321,7 @@ def test_two_process_ddp_ranks_validate_with_the_same_recalibrated_statistics(tm
     (exact over all ranks' batches: tests/nn/test_flows.py) instead of all taking rank 0's
     from DDP's buffer broadcast."""
     data = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
-    model = RealNVP([1, 8, 8], num_blocks=1, filters=8, net_norm="batch", bn_calibration_batches=2)
+    model = make([1, 8, 8], num_blocks=1, filters=8, net_norm="batch", bn_calibration_batches=2)
     trainer = quiet_trainer(
         devices=2,
         strategy="ddp_spawn",

@@ -19,7 +19,6 @@ from gmlab.nn.flows import (
     FactorOut,
     Logit,
     Squeeze,
-    UniformDequantization,
     Unsqueeze,
     WeightNormConv2d,
     checkerboard,
@@ -257,17 +256,6 @@ def test_logit_with_small_alpha_is_float64_accurate_near_one():
     log_det_ref = (math.log1p(-2 * alpha) - torch.log(p) - torch.log1p(-p)).sum(1)
     assert torch.allclose(z.double(), z_ref, rtol=1e-6, atol=1e-6)
     assert torch.allclose(log_det.double(), log_det_ref, rtol=0, atol=1e-5)
-
-
-def test_uniform_dequantization_round_trips_integers_and_scales_volume():
-    x = torch.randint(0, 256, (5, 1, 3, 3), dtype=torch.uint8)
-    deq = UniformDequantization(256)
-    y, log_det = deq(x)
-    assert ((y >= 0) & (y < 1)).all()
-    assert torch.allclose(log_det, torch.full((5,), -9 * math.log(256)))
-    x_back, log_det_inv = deq.inverse(y)
-    assert torch.equal(x_back.to(torch.uint8), x)
-    assert torch.allclose(log_det_inv, -log_det)
 
 
 def test_wrong_shapes_are_clear_errors():

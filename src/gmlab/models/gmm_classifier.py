@@ -1,52 +1,40 @@
-"""Image classifier with a Gaussian-mixture output layer (or the linear baseline).
-
-A trunk (the seed's MNIST CNN for images, the identity for flat points) maps a batch to
-features; the head turns them into per-class scores `joint` [B, S]:
-
-  * head="gmm":    joint = log p(f, y) of `gmlab.nn.GaussianMixtureClassifier`;
-  * head="linear": joint = logits of a linear layer (an unnormalised log p(f, y)).
-
-Everything downstream is one code path: class log-posteriors log_softmax(joint) train
-with `nll_loss`; logsumexp(joint) is the out-of-distribution score (the GMM's feature
-log-density log p(f), or the linear head's negative energy, Liu et al. 2020).
-
-Caveat, measured on MNIST: trained by `nll_loss` alone (the seed's objective) only the
-posterior p(y|f) is fitted. The trunk pushes the features of digits far out (mean norm
-~8) while the head's means and covariances stay near their start (norm ~1.7, ~I under
-Adadelta), and features of noise images land near the origin, so log p(f) ranks noise
-*above* test digits (AUROC 0.00; max-softmax gets 0.99). Treat `ood_score` as a logged
-statistic, not a working detector, for this recipe.
-
-Logged: train/loss, train/acc; {val,test}/acc, /nll (nats per sample), /ece (expected
-calibration error, 15 equal-width confidence bins, L1), /ood_score (mean); at the end of
-testing the histogram of test OOD scores (TensorBoard `test/ood_score`) and a grid of
-the most and least likely test digits of each class (`test/likely_digits`). `figures()`
-gives the same grid for the image-grid callback's validation batch (grouped by
-predicted class).
-"""
+"""Image classifier with a Gaussian-mixture output layer (or the linear baseline)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-import torchvision
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from gmlab.errors import ConfigError, ShapeError
-from gmlab.models.base import GmlabModule, image_grid
+from gmlab.models.base import GmlabModule, check_batch_shape, image_grid
 from gmlab.nn.gmm_layer import GaussianMixtureClassifier
 from gmlab.nn.mnist_cnn import MnistCNN
 
 HEADS = ("gmm", "linear")
-OPTIMIZERS = ("adadelta", "adam", "sgd")
+# the optimizer names of checkpoints written before the optimizer part
+OPTIMIZERS_V0 = {
+    "adadelta": {"_target_": "torch.optim.Adadelta"},
+    "adam": {"_target_": "torch.optim.Adam"},
+    "sgd": {"_target_": "torch.optim.SGD", "momentum": 0.9},
+}
 
 
 class GMMClassifier(GmlabModule):
     """Classifier: trunk -> GMM (or linear) head, trained by negative log-likelihood of labels.
+
+    A trunk (`MnistCNN` for images, the identity for flat points) maps a batch to features
+    f; the head gives per-class scores `joint` [B, S]: log p(f, y) of
+    `GaussianMixtureClassifier` (head "gmm") or a linear layer's logits (head "linear", an
+    unnormalised log p(f, y)). Class log-posteriors log_softmax(joint) train with
+    `nll_loss`; logsumexp(joint) is the out-of-distribution score (the GMM's feature
+    log-density log p(f), or the linear head's negative energy).
+
+    Logged: train/loss, train/acc; {val,test}/acc, /nll (nats per sample), /ece (expected
+    calibration error, `ece_bins` equal-width confidence bins, L1), /ood_score (mean).
+    `figures()` draws the most and least likely images of each predicted class,
+    `histograms()` gives the OOD scores (both through the image callback).
 
     Args:
         data_shape: shape of one sample: [C, H, W] images (uint8, scaled to [0, 1]) or [d]
@@ -59,14 +47,15 @@ class GMMClassifier(GmlabModule):
             options (`dim` null: no random projection).
         normalize: {"mean": [...], "std": [...]} per channel, applied to images after
             scaling to [0, 1]; null keeps [0, 1].
-        optimizer: "adadelta", "adam" or "sgd" (momentum 0.9); lr, weight_decay.
-        lr_gamma: StepLR factor every `lr_step_size` epochs; null: constant lr.
+        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`); None:
+            Adadelta with lr 1, constant.
         ece_bins: confidence bins of the calibration error.
         num_extremes: most / least likely digits per class in the image grids.
     """
 
     monitor = "val/acc"
     monitor_mode = "max"
+    checkpoint_version = 1  # 0: optimizer by name, flat lr, weight_decay, lr_step_size, lr_gamma
 
     def __init__(
         self,
@@ -83,20 +72,16 @@ class GMMClassifier(GmlabModule):
         rank: int | None = None,
         floor: float = 1e-3,
         normalize: dict | None = None,
-        optimizer: str = "adadelta",
-        lr: float = 1.0,
-        weight_decay: float = 0.0,
-        lr_step_size: int = 1,
-        lr_gamma: float | None = 0.7,
+        optimizer: dict | None = None,
+        lr_scheduler: dict | None = None,
         ece_bins: int = 15,
         num_extremes: int = 4,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.hparams["optimizer"] = optimizer or {"_target_": "torch.optim.Adadelta", "lr": 1.0}
         if head not in HEADS:
             raise ConfigError(f"model.head must be one of {HEADS}, got {head!r}")
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         self.data_shape = tuple(int(s) for s in data_shape)
         self.num_classes = num_classes
         if len(self.data_shape) == 3:
@@ -125,17 +110,11 @@ class GMMClassifier(GmlabModule):
                 )
             }
         )
-        self._ood_scores: list[torch.Tensor] = []
-        self._extremes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------- the model
     def inputs(self, x_raw: torch.Tensor) -> torch.Tensor:
         """Raw batch -> trunk input: integer images to [0, 1] (then `normalize`)."""
-        if tuple(x_raw.shape[1:]) != self.data_shape:
-            raise ShapeError(
-                f"{type(self).__name__} expects batches of shape "
-                f"[B, {', '.join(map(str, self.data_shape))}], got {list(x_raw.shape)}"
-            )
+        check_batch_shape(self, x_raw, self.data_shape)
         if x_raw.is_floating_point():
             return x_raw
         x = x_raw.float() / 255.0
@@ -193,40 +172,8 @@ class GMMClassifier(GmlabModule):
     def validation_step(self, batch, batch_idx: int):
         self.evaluate_batch(batch, "val", batch_idx)
 
-    def on_test_epoch_start(self) -> None:
-        self._ood_scores, self._extremes = [], None
-
     def test_step(self, batch, batch_idx: int):
-        joint, score = self.evaluate_batch(batch, "test", batch_idx)
-        x_raw, y = batch
-        self._ood_scores.append(score.cpu())
-        self._keep_extremes(x_raw.cpu(), y.cpu(), joint.gather(1, y[:, None])[:, 0].cpu())
-
-    def _keep_extremes(self, x: torch.Tensor, y: torch.Tensor, score: torch.Tensor) -> None:
-        """Keep the `num_extremes` highest- and lowest-scoring test images of each class."""
-        if self._extremes is not None:
-            x, y, score = (
-                torch.cat([a, b]) for a, b in zip(self._extremes, (x, y, score), strict=True)
-            )
-        keep = torch.cat(extreme_indices(y, score, self.num_classes, self.hparams.num_extremes))
-        self._extremes = (x[keep], y[keep], score[keep])
-
-    def on_test_epoch_end(self) -> None:
-        if not self._ood_scores or not self.trainer.is_global_zero:
-            return
-        scores = torch.cat(self._ood_scores)
-        grid = None
-        if self._extremes is not None and len(self.data_shape) == 3:
-            x, y, s = self._extremes
-            grid = likelihood_grid(to_unit(x), y, s, self.num_classes, self.hparams.num_extremes)
-            path = Path(self.trainer.default_root_dir) / "images" / "test" / "likely_digits.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torchvision.utils.save_image(grid, path)
-        for logger in self.trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_histogram("test/ood_score", scores, self.global_step)
-                if grid is not None:
-                    logger.experiment.add_image("test/likely_digits", grid, self.global_step)
+        self.evaluate_batch(batch, "test", batch_idx)
 
     # -------------------------------------------------------------- figures
     def figures(self, x_raw: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -241,20 +188,34 @@ class GMMClassifier(GmlabModule):
             "likely_digits": likelihood_grid(to_unit(x_raw.cpu()), pred, score, self.num_classes, k)
         }
 
-    # ------------------------------------------------------------ optimizer
-    def configure_optimizers(self):
-        hp = self.hparams
-        kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay}
-        if hp.optimizer == "adadelta":
-            opt = torch.optim.Adadelta(self.parameters(), **kwargs)
-        elif hp.optimizer == "adam":
-            opt = torch.optim.Adam(self.parameters(), **kwargs)
-        else:
-            opt = torch.optim.SGD(self.parameters(), momentum=0.9, **kwargs)
-        if hp.lr_gamma is None:
-            return opt
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_step_size, gamma=hp.lr_gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+    def histograms(self, x_raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"ood_score": [B] logsumexp of the class scores}."""
+        return {"ood_score": self.ood_score(x_raw).cpu()}
+
+    # ------------------------------------------------------------ migration
+    @classmethod
+    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
+        if version >= 1:
+            return hparams
+        hp = dict(hparams)
+        name = hp.pop("optimizer", "adadelta")
+        hp["optimizer"] = {
+            **OPTIMIZERS_V0[name],
+            "_partial_": True,
+            "lr": hp.pop("lr", 1.0),
+            "weight_decay": hp.pop("weight_decay", 0.0),
+        }
+        step_size, gamma = hp.pop("lr_step_size", 1), hp.pop("lr_gamma", 0.7)
+        hp["lr_scheduler"] = None
+        if gamma is not None:
+            hp["lr_scheduler"] = {
+                "_target_": "torch.optim.lr_scheduler.StepLR",
+                "_partial_": True,
+                "interval": "epoch",
+                "step_size": step_size,
+                "gamma": gamma,
+            }
+        return hp
 
 
 # ------------------------------------------------------------------ helpers

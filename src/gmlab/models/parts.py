@@ -39,6 +39,7 @@ def build_part(spec: Mapping | None, role: str, **supplied: Any) -> Any:
     try:
         return hydra.utils.instantiate(dict(spec), **supplied, _convert_="all")
     except Exception as exc:  # noqa: BLE001 - any failure to build names the part
+        cause = exc.__cause__ or exc  # the target's own error, which Hydra wraps
         raise ConfigError(
-            f"cannot build model.{role} ({spec['_target_']}): {type(exc).__name__}: {exc}"
+            f"cannot build model.{role} ({spec['_target_']}): {type(cause).__name__}: {cause}"
         ) from exc

@@ -1,27 +1,5 @@
-"""RealNVP (Dinh, Sohl-Dickstein & Bengio, ICLR 2017): a multi-scale affine-coupling flow.
-
-The flow maps the dequantized image y = (x + u) / 256 in [0,1]^D (the model's
-`Preprocessor`, log-det 0) through a logit transform and `num_scales` scales to a latent z
-of the image's own shape, with an isotropic Gaussian base:
-
-    log p(y) = log N(z; 0, I) + log|det dz/dy|     (every log-det included: exact)
-    bpd      = (-log p(y) + D ln 256) / (D ln 2)   (the gmlab convention)
-
-Architecture (the paper's / seed's 32x32 setup, `num_scales=2`):
-
-    logit -> 3 checkerboard couplings -> squeeze -> 3 channel-wise couplings
-          -> factor out half -> 4 checkerboard couplings (final scale) -> unsqueeze
-
-With more scales, each scale but the last is "3 checkerboard, squeeze, 3 channel-wise,
-factor out half, <next scale>, unsqueeze" and the last is 4 checkerboard couplings
-(`num_scales=5` takes a 64x64 image down to a 4x4 final scale, as in the paper's CelebA
-64x64 model). Each coupling's scale/translation net is a weight-normalized ResNet of
-`num_blocks` bottleneck blocks x `filters` filters (x `filter_growth` per scale), its
-log-scale bounded as scale * tanh. Batch norm after every coupling (running statistics
-for evaluation and inversion; the paper's choice and the default), actnorm, or none
-(`norm`). Batch norm matters for training speed: on MNIST (4 blocks x 32 filters, batch
-64, Adam 1e-3) the test bpd after 200 steps is 1.91 with it and 3.44 without.
-"""
+"""RealNVP as a gmlab density model: the flow part (`model/flow=realnvp`) over the
+dequantized unit-cube image, an isotropic Gaussian base."""
 
 from __future__ import annotations
 
@@ -32,110 +10,48 @@ import torch
 
 from gmlab.distributions.normal import std_normal_log_prob_flat
 from gmlab.errors import ConfigError, ShapeError
-from gmlab.models.base import GenerativeModel, image_grid
+from gmlab.models.base import GenerativeModel, flat_optimizer_hparams, image_grid
+from gmlab.models.parts import build_part
 from gmlab.nn.flows import (
-    ActNorm,
-    AffineCoupling,
-    BatchNormFlow,
-    Composition,
-    FactorOut,
-    Flow,
-    Logit,
-    Squeeze,
-    Unsqueeze,
     recalibrate_batch_norm,
     rename_legacy_weight_norm_keys,
     running_statistics,
 )
 
-NORMS = (None, "batch", "act")
-NET_NORMS = (None, "batch")
 AMP = ("auto", "bf16", "none")
-
-
-def build_realnvp(
-    shape: tuple[int, int, int],
-    num_scales: int = 2,
-    num_blocks: int = 8,
-    filters: int = 128,
-    filter_growth: float = 1.0,
-    kernel_size: int = 3,
-    alpha: float = 0.05,
-    norm: str | None = None,
-    channels_last: bool = False,
-    net_norm: str | None = None,
-) -> Composition:
-    """The RealNVP flow over unit-cube images of `shape` (C, H, W); output has that shape."""
-    if norm not in NORMS:
-        raise ConfigError(f"model.norm must be one of {NORMS}, got {norm!r}")
-    if net_norm not in NET_NORMS:
-        raise ConfigError(f"model.net_norm must be one of {NET_NORMS}, got {net_norm!r}")
-    c, h, w = shape
-    if num_scales < 1:
-        raise ConfigError(f"model.num_scales must be >= 1, got {num_scales}")
-    step = 2 ** (num_scales - 1)
-    if h % step or w % step or h // step < 2 or w // step < 2:
-        raise ShapeError(
-            f"{num_scales} scales need height and width divisible by {step} and at least "
-            f"{2 * step}, got {h}x{w}"
-        )
-
-    def coupling(channels: int, mask: str, parity: int, width: int) -> list[Flow]:
-        layer = AffineCoupling(
-            channels,
-            mask,
-            parity,
-            num_blocks,
-            width,
-            kernel_size,
-            channels_last,
-            net_norm == "batch",
-        )
-        if norm == "batch":
-            return [layer, BatchNormFlow(channels)]
-        if norm == "act":
-            return [layer, ActNorm(channels)]
-        return [layer]
-
-    def scale(index: int, channels: int) -> Composition:
-        width = max(2, int(round(filters * filter_growth**index)))
-        if index == num_scales - 1:
-            return Composition(
-                *(f for p in (0, 1, 0, 1) for f in coupling(channels, "checkerboard", p, width))
-            )
-        layers: list[Flow] = []
-        for p in (0, 1, 0):
-            layers += coupling(channels, "checkerboard", p, width)
-        layers.append(Squeeze())
-        for p in (0, 1, 0):
-            layers += coupling(4 * channels, "channel", p, width)
-        layers.append(FactorOut(scale(index + 1, 2 * channels)))
-        layers.append(Unsqueeze())
-        return Composition(*layers)
-
-    return Composition(Logit(alpha), scale(0, c))
+# the flow's options, flat model options in checkpoints written before the flow part
+FLOW_V0 = (
+    "num_scales",
+    "num_blocks",
+    "filters",
+    "filter_growth",
+    "kernel_size",
+    "alpha",
+    "norm",
+    "net_norm",
+    "channels_last",
+)
+REALNVP_FLOW = "gmlab.nn.flows.build_realnvp"
 
 
 class RealNVP(GenerativeModel):
-    """RealNVP as a gmlab density model (see the module docstring).
+    """RealNVP (Dinh, Sohl-Dickstein & Bengio 2017): a flow z = f(y) of the dequantized
+    image y in [0,1]^D (the `Preprocessor`, log-det 0) to a latent of the image's shape,
+
+        log p(y) = log N(z; 0, I) + log|det dz/dy|     (every log-det included: exact).
 
     Args:
         data_shape: (C, H, W) of the raw images.
         preprocess: `Preprocessor` options (must give unit-cube inputs: scale "unit", no
             binarization).
-        num_scales, num_blocks, filters, filter_growth, kernel_size, alpha, norm: the flow
-            (`build_realnvp`).
-        net_norm: "batch" puts batch norm inside the s/t ResNets too (the paper's nets);
-            null: weight norm alone.
-        lr: Adam learning rate (paper: 1e-3; seed: 3e-4).
-        lr_schedule: `WarmupStableDecay` options (warmup_steps, decay_start, decay_steps,
-            min_factor): the lr at optimizer step t is lr * factor(t)
-            (`GmlabModule.use_lr_schedule`). Empty/null: constant lr.
-        weight_decay: L2 penalty on the weight-norm scales g (the paper's regularizer).
+        flow: the flow part, a config dict with `_target_` (`gmlab.nn.flows.build_realnvp`
+            and its options); the model supplies `shape`. None: build_realnvp's defaults.
+        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`).
+        weight_decay: L2 penalty on the weight-norm scales g (the paper's regularizer; the
+            other parameters get none).
         max_grad_norm: clip the global gradient norm to this (null: no clipping).
         amp: "auto" (bf16 autocast of the s/t nets on CUDA, float32 elsewhere), "bf16"
             (also on CPU) or "none". Log-dets always accumulate in float32.
-        channels_last: channels-last convolutions (faster on CPU with oneDNN).
         compile: `torch.compile` the flow's normalizing direction (training and density
             evaluation; sampling stays eager). Off by default: minutes to start on a CPU.
         sample_temperature: standard deviation of the base distribution in `sample`.
@@ -146,30 +62,26 @@ class RealNVP(GenerativeModel):
             batches).
     """
 
+    checkpoint_version = 1  # 0: flat flow options, `lr` and `lr_schedule`
+
     def __init__(
         self,
         data_shape,
         preprocess: dict | None = None,
-        num_scales: int = 2,
-        num_blocks: int = 8,
-        filters: int = 128,
-        filter_growth: float = 1.0,
-        kernel_size: int = 3,
-        alpha: float = 0.05,
-        norm: str | None = "batch",
-        net_norm: str | None = None,
-        lr: float = 3e-4,
-        lr_schedule: dict | None = None,
+        flow: dict | None = None,
+        optimizer: dict | None = None,
+        lr_scheduler: dict | None = None,
         weight_decay: float = 5e-5,
         max_grad_norm: float | None = 100.0,
         amp: str = "auto",
-        channels_last: bool = True,
         compile: bool = False,
         sample_temperature: float = 1.0,
         bn_calibration_batches: int = 20,
     ) -> None:
         super().__init__(data_shape, preprocess)
         self.save_hyperparameters()
+        self.hparams["flow"] = dict(flow or {"_target_": REALNVP_FLOW})
+        self.hparams["optimizer"] = optimizer or {"_target_": "torch.optim.Adam", "lr": 3e-4}
         if len(self.data_shape) != 3:
             raise ShapeError(f"RealNVP models images [C, H, W], got data_shape {self.data_shape}")
         if self.preprocess.discrete or self.preprocess.scale != "unit":
@@ -179,22 +91,19 @@ class RealNVP(GenerativeModel):
             )
         if amp not in AMP:
             raise ConfigError(f"model.amp must be one of {AMP}, got {amp!r}")
-        self.flow = build_realnvp(
-            self.data_shape,
-            num_scales,
-            num_blocks,
-            filters,
-            filter_growth,
-            kernel_size,
-            alpha,
-            norm,
-            channels_last,
-            net_norm,
-        )
-        self.use_lr_schedule(lr_schedule)
+        self.flow = build_part(self.hparams.flow, "flow", shape=self.data_shape)
         self.recent_batches: deque[torch.Tensor] = deque(maxlen=bn_calibration_batches)
         if compile:
             self.flow.compile()  # one graph for the whole normalizing direction
+
+    @classmethod
+    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
+        if version >= 1:
+            return hparams
+        hp = flat_optimizer_hparams(hparams)
+        flow = {key: hp.pop(key) for key in FLOW_V0 if key in hp}
+        hp["flow"] = {"_target_": REALNVP_FLOW, **flow}
+        return hp
 
     # ------------------------------------------------------------- density
     def autocast(self):
@@ -271,15 +180,15 @@ class RealNVP(GenerativeModel):
         }
 
     # ------------------------------------------------------------ training
-    def configure_optimizers(self):
+    def optimizer_parameters(self) -> list[dict]:
+        """Two groups: the weight-norm scales g with `weight_decay`, the rest with none."""
         decay, rest = [], []
         for name, param in self.named_parameters():
             (decay if name.endswith("weight_g") else rest).append(param)
-        groups = [
+        return [
             {"params": decay, "weight_decay": self.hparams.weight_decay},
             {"params": rest, "weight_decay": 0.0},
         ]
-        return torch.optim.Adam(groups, lr=self.hparams.lr)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints written before `WeightNormConv2d` name the weight-norm parameters as

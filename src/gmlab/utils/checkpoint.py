@@ -1,9 +1,16 @@
 """Reading gmlab checkpoints: which model they hold, with which config, and whether
-they fit a given model."""
+they fit a given model.
+
+Old checkpoints: a model class records `checkpoint_version` in every checkpoint
+(`checkpoint["gmlab"]["version"]`, 0 when absent) and converts hyperparameters saved at an
+older version in its classmethod `migrate_hparams(hparams, version)`; `load_model` applies
+it before the model is built, and the model's `on_load_checkpoint` renames old weights.
+"""
 
 from __future__ import annotations
 
 import importlib
+import io
 from pathlib import Path
 
 import lightning as L
@@ -39,12 +46,31 @@ def model_class(checkpoint: dict, path: str | Path = "") -> type[L.LightningModu
         ) from exc
 
 
+def migrate_checkpoint(checkpoint: dict, cls: type[L.LightningModule]) -> bool:
+    """Bring the checkpoint's hyperparameters to `cls`'s current options in place
+    (`cls.migrate_hparams`, from the recorded version); True if anything changed."""
+    version = checkpoint.get("gmlab", {}).get("version", 0)
+    migrate = getattr(cls, "migrate_hparams", None)
+    current = getattr(cls, "checkpoint_version", 0)
+    if migrate is None or version >= current or "hyper_parameters" not in checkpoint:
+        return False
+    checkpoint["hyper_parameters"] = migrate(dict(checkpoint["hyper_parameters"]), version)
+    checkpoint["gmlab"] = {**checkpoint.get("gmlab", {}), "version": current}
+    return True
+
+
 def load_model(path: str | Path, map_location: str = "cpu") -> L.LightningModule:
-    """Rebuild any gmlab model from its checkpoint (class, hyperparameters and weights)."""
+    """Rebuild any gmlab model from its checkpoint (class, hyperparameters and weights),
+    also one written by an older gmlab (see the module docstring)."""
     checkpoint = read_checkpoint(path)
     cls = model_class(checkpoint, path)
+    source: str | Path | io.BytesIO = path
+    if migrate_checkpoint(checkpoint, cls):
+        source = io.BytesIO()
+        torch.save(checkpoint, source)
+        source.seek(0)
     try:
-        return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+        return cls.load_from_checkpoint(source, map_location=map_location, weights_only=True)
     except (RuntimeError, KeyError, TypeError) as exc:
         raise CheckpointMismatchError(f"cannot rebuild {cls.__name__} from {path}: {exc}") from exc
 

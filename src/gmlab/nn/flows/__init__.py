@@ -10,13 +10,14 @@ from gmlab.nn.flows.coupling import (
     checkerboard,
     rename_legacy_weight_norm_keys,
 )
-from gmlab.nn.flows.elementwise import Logit, UniformDequantization
+from gmlab.nn.flows.elementwise import Logit
 from gmlab.nn.flows.normalization import (
     ActNorm,
     BatchNormFlow,
     recalibrate_batch_norm,
     running_statistics,
 )
+from gmlab.nn.flows.realnvp import build_realnvp
 from gmlab.nn.flows.reshape import FactorOut, Squeeze, Unsqueeze, squeeze2d, unsqueeze2d
 
 __all__ = [
@@ -29,9 +30,9 @@ __all__ = [
     "Logit",
     "ResNet",
     "Squeeze",
-    "UniformDequantization",
     "Unsqueeze",
     "WeightNormConv2d",
+    "build_realnvp",
     "checkerboard",
     "recalibrate_batch_norm",
     "rename_legacy_weight_norm_keys",

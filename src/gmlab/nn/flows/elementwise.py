@@ -1,4 +1,4 @@
-"""Element-wise pieces: uniform dequantization and the logit transform."""
+"""Element-wise flows: the logit transform."""
 
 from __future__ import annotations
 
@@ -7,44 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gmlab.errors import ConfigError
 from gmlab.nn.flows.base import Flow, sum_except_batch
-
-
-class UniformDequantization(Flow):
-    """Integer pixels -> the unit cube: y = (x + u) / levels, u ~ U[0,1)^D.
-
-    The noise makes this a surjection rather than a bijection: `inverse` floors back to the
-    exact integers (so `inverse(forward(x)) == x`). The log-det is that of the rescaling
-    x + u -> y, -D ln(levels), so `log p(y) + log_abs_det` is the log-density of x + u and
-    its negative, divided by D ln 2, is directly the bits/dim.
-
-    gmlab's models dequantize in `gmlab.data.Preprocessor` instead (log p is then a density
-    on the unit cube and `gmlab.metrics.bits_per_dim` adds the D ln 256); this piece is for
-    building free-standing flows over raw pixels.
-
-    Args:
-        num_levels: integer levels of the raw data (256 for 8-bit images).
-        noise: add uniform noise (True) or use bin centres u = 1/2 (False).
-    """
-
-    def __init__(self, num_levels: int = 256, noise: bool = True) -> None:
-        super().__init__()
-        self.num_levels = num_levels
-        self.noise = noise
-
-    def _log_det(self, x: torch.Tensor, sign: float) -> torch.Tensor:
-        d = x[0].numel()
-        return torch.full((x.shape[0],), sign * d * math.log(self.num_levels), device=x.device)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.float()
-        u = torch.rand_like(x) if self.noise else torch.full_like(x, 0.5)
-        return (x + u) / self.num_levels, self._log_det(x, -1.0)
-
-    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.floor(y * self.num_levels).clamp(0, self.num_levels - 1)
-        return x, self._log_det(y, 1.0)
 
 
 class Logit(Flow):
@@ -64,7 +27,7 @@ class Logit(Flow):
     def __init__(self, alpha: float = 0.05) -> None:
         super().__init__()
         if not 0.0 <= alpha < 0.5:
-            raise ConfigError(f"Logit alpha (model.alpha) must be in [0, 0.5), got {alpha}")
+            raise ValueError(f"Logit alpha must be in [0, 0.5), got {alpha}")
         self.alpha = float(alpha)
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
