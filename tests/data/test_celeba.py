@@ -51,7 +51,7 @@ def test_splits_labels_and_pixels_match_the_pil_pipeline(celeba_root, variant):
             diff = np.abs(img.astype(int) - reference(written["files"][row], variant))
             assert diff.max() <= 2 and diff.mean() < 0.3
     box = "box15-35-163-183_32" if size == 32 else "box25-50-153-178_64"
-    assert (root / "celeba" / f"gmlab_cache_celeba_{box}_train.pt").is_file()
+    assert (root / "celeba" / f"gmlab_cache_celeba_{box}_train.mmap").is_file()
 
 
 def test_crop_takes_the_box_and_colours_come_back(tmp_path, files):

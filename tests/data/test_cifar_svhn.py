@@ -23,7 +23,7 @@ def test_cifar10_round_trip(cifar_root):
         assert np.array_equal(x.numpy(), written[split][0])  # channels and rows in place
         assert np.array_equal(y.numpy(), written[split][1])
     folder = root / "cifar-10-batches-py"
-    assert (folder / "gmlab_cache_cifar10_train.pt").is_file()
+    assert (folder / "gmlab_cache_cifar10_train.mmap").is_file()
 
 
 def test_cifar10_val_split(cifar_root, files):
@@ -86,7 +86,7 @@ def test_svhn_round_trip_with_label_10_as_digit_0(svhn_root):
         assert np.array_equal(x.numpy(), written[split][0])
         assert np.array_equal(y.numpy(), written[split][1])
     assert set(dm.tensors("train")[1].tolist()) == set(range(10))
-    assert (root / "gmlab_cache_svhn_train.pt").is_file()
+    assert (root / "gmlab_cache_svhn_train.mmap").is_file()
 
 
 def test_svhn_extra_is_appended_to_train(svhn_root, files):
@@ -103,7 +103,7 @@ def test_svhn_extra_is_appended_to_train(svhn_root, files):
     x_train, y_train = dm.tensors("train")
     assert np.array_equal(x_train.numpy(), np.concatenate([written["train"][0], x]))
     assert y_train[-15:].tolist() == [0] * 15
-    assert (root / "gmlab_cache_svhn_train+extra.pt").is_file()
+    assert (root / "gmlab_cache_svhn_train+extra.mmap").is_file()
     with pytest.raises(DataNotFoundError, match="but extra_32x32.mat is missing"):
         (root / "extra_32x32.mat").unlink()
         SVHNDataModule(root=str(root), extra=True, cache=False).setup()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gmlab.data import FashionMNISTDataModule, MNISTDataModule
-from gmlab.data import cached as cached_module
+from gmlab.data import mapped as mapped_module
 from gmlab.errors import DataNotFoundError
 
 SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -65,7 +65,7 @@ def test_fashion_mnist_reads_its_own_folder(tmp_path, files):
     dm = FashionMNISTDataModule(root=str(tmp_path), val_size=0)
     dm.setup()
     assert np.array_equal(dm.tensors("test")[0].numpy(), written["test"][0])
-    assert (tmp_path / "FashionMNIST" / "raw" / "gmlab_cache_fashionmnist_train.pt").is_file()
+    assert (tmp_path / "FashionMNIST" / "raw" / "gmlab_cache_fashionmnist_train.mmap").is_file()
     with pytest.raises(DataNotFoundError, match="MNIST not found"):
         MNISTDataModule(root=str(tmp_path)).setup()
 
@@ -76,7 +76,7 @@ def test_cache_is_written_beside_the_raw_files_and_reused(mnist_root, monkeypatc
     raw = root / "MNIST" / "raw"
     MNISTDataModule(root=str(root)).setup()
     caches = sorted(p.name for p in raw.glob("gmlab_cache_*"))
-    assert caches == ["gmlab_cache_mnist_test.pt", "gmlab_cache_mnist_train.pt"]
+    assert caches == ["gmlab_cache_mnist_test.mmap", "gmlab_cache_mnist_train.mmap"]
     assert not list(raw.glob(".*.tmp"))
 
     def no_reading(self, split):
@@ -106,7 +106,7 @@ def test_cache_survives_deleted_raw_files_and_a_corrupt_cache_is_rebuilt(mnist_r
     root, written = mnist_root
     raw = root / "MNIST" / "raw"
     MNISTDataModule(root=str(root)).setup()
-    cache = raw / "gmlab_cache_mnist_test.pt"
+    cache = raw / "gmlab_cache_mnist_test.mmap"
     cache.write_bytes(cache.read_bytes()[:1000])  # torn file
     with caplog.at_level(logging.WARNING):
         dm = MNISTDataModule(root=str(root))
@@ -151,17 +151,17 @@ def test_roots_sharing_a_cache_dir_keep_their_own_data(tmp_path, files):
             dm = MNISTDataModule(root=str(tmp_path / root), cache_dir=str(tmp_path / "cache"))
             dm.setup()
             assert np.array_equal(dm.tensors("test")[0].numpy(), written["test"][0])
-    assert len(list((tmp_path / "cache").glob("gmlab_cache_mnist_test_*.pt"))) == 2
+    assert len(list((tmp_path / "cache").glob("gmlab_cache_mnist_test_*.mmap"))) == 2
 
 
 def test_failed_cache_write_leaves_no_partial_file(mnist_root, monkeypatch, caplog):
     root, written = mnist_root
 
-    def full_disk(obj, path):
-        Path(path).write_bytes(b"partial")
+    def full_disk(f, array):
+        f.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cached_module.torch, "save", full_disk)
+    monkeypatch.setattr(mapped_module, "_write_array", full_disk)
     dm = MNISTDataModule(root=str(root), val_size=0)
     with caplog.at_level(logging.WARNING):
         dm.setup()

@@ -1,4 +1,5 @@
-"""DataModules (decode once, batch by indexing) and per-batch preprocessing."""
+"""DataModules (decode once, memory-map the cache, batch by indexing) and per-batch
+preprocessing."""
 
 from gmlab.data.base import InMemoryDataModule
 from gmlab.data.cached import CachedDataModule
@@ -8,6 +9,7 @@ from gmlab.data.digits import DigitsDataModule
 from gmlab.data.loader import IndexBatchLoader
 from gmlab.data.mnist import FashionMNISTDataModule, MNISTDataModule
 from gmlab.data.preprocess import Preprocessor
+from gmlab.data.split import Split
 from gmlab.data.svhn import SVHNDataModule
 from gmlab.data.toy2d import Toy2DDataModule
 
@@ -22,5 +24,6 @@ __all__ = [
     "MNISTDataModule",
     "Preprocessor",
     "SVHNDataModule",
+    "Split",
     "Toy2DDataModule",
 ]

@@ -1,4 +1,5 @@
-"""The DataModule every gmlab dataset builds on: decode once, hold uint8 tensors, index."""
+"""The DataModule every gmlab dataset builds on: decode once, hold uint8 tensors (in memory
+or memory-mapped), batch by indexing."""
 
 from __future__ import annotations
 
@@ -9,17 +10,20 @@ import lightning as L
 import torch
 
 from gmlab.data.loader import IndexBatchLoader
+from gmlab.data.split import Split
 from gmlab.errors import ShapeError
 
 
 class InMemoryDataModule(L.LightningDataModule, abc.ABC):
-    """Train/val/test splits as in-memory tensors, batched by indexing.
+    """Train/val/test splits as tensors (in memory or file mappings), batched by indexing.
 
-    Subclasses implement `load_splits()`, returning raw `(x, y)` tensor pairs for
-    "train" and "test" (x: uint8 [N, C, H, W] images or float [N, d] points; y: int64
-    [N]). The validation split is carved from train with a fixed seed, unless
-    `load_splits()` also returns a "val" pair (a dataset's official validation split,
-    e.g. CelebA's), which is then used as it is and `val_size` is ignored.
+    Subclasses implement `load_splits()`, returning raw `(x, y)` tensor pairs (or
+    `Split`s) for "train" and "test" (x: uint8 [N, C, H, W] images or float [N, d]
+    points; y: int64 [N]). The validation split is carved from train with a fixed seed,
+    unless `load_splits()` also returns a "val" pair (a dataset's official validation
+    split, e.g. CelebA's), which is then used as it is and `val_size` is ignored. Carved
+    splits are index arrays into train's tensors (`Split`): nothing is copied, so a
+    memory-mapped train set stays on disk.
 
     Args:
         root: folder holding the dataset files (torchvision's layout).
@@ -57,45 +61,48 @@ class InMemoryDataModule(L.LightningDataModule, abc.ABC):
         self.download = download
         self.limit = limit
         self.num_levels = num_levels  # levels of the raw values; None: continuous (points)
-        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.splits: dict[str, Split] = {}
 
     @abc.abstractmethod
-    def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Return {"train": (x, y), "test": (x, y)} as raw tensors."""
+    def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor] | Split]:
+        """Return {"train": (x, y), "test": (x, y)} as raw tensors (or `Split`s)."""
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        raw = self.load_splits()
+        raw = {
+            name: part if isinstance(part, Split) else Split(*part)
+            for name, part in self.load_splits().items()
+        }
         if "val" in raw:
             splits = {"train": raw["train"], "val": raw["val"], "test": raw["test"]}
         else:
-            x_train, y_train = raw["train"]
-            n_val = self.val_size if self.val_size >= 1 else round(self.val_size * len(x_train))
+            train = raw["train"]
+            n_val = self.val_size if self.val_size >= 1 else round(self.val_size * len(train))
             n_val = int(n_val)
-            if not 0 <= n_val < len(x_train):
+            if not 0 <= n_val < len(train):
                 raise ShapeError(
                     f"{type(self).__name__}: data.val_size={self.val_size} leaves no training "
-                    f"samples (train has {len(x_train)})"
+                    f"samples (train has {len(train)})"
                 )
             perm = torch.randperm(
-                len(x_train), generator=torch.Generator().manual_seed(self.split_seed)
+                len(train), generator=torch.Generator().manual_seed(self.split_seed)
             )
             val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
             splits = {
-                "train": (x_train[train_idx], y_train[train_idx]),
-                "val": (x_train[val_idx], y_train[val_idx]),
+                "train": train.subset(train_idx) if n_val else train,
+                "val": train.subset(val_idx),
                 "test": raw["test"],
             }
-        for name, (x, y) in splits.items():
-            if self.shape and tuple(x.shape[1:]) != self.shape:
+        for name, split in splits.items():
+            if self.shape and split.sample_shape != self.shape:
                 raise ShapeError(
-                    f"{type(self).__name__}: {name} samples have shape {tuple(x.shape[1:])}, "
+                    f"{type(self).__name__}: {name} samples have shape {split.sample_shape}, "
                     f"the config says data.shape={list(self.shape)}"
                 )
             if self.limit is not None:
-                splits[name] = (x[: self.limit], y[: self.limit])
+                splits[name] = split.head(self.limit)
         self.splits = splits
 
     # ------------------------------------------------------------ dataloaders
@@ -107,17 +114,19 @@ class InMemoryDataModule(L.LightningDataModule, abc.ABC):
 
     def _loader(self, split: str, train: bool) -> IndexBatchLoader:
         self.setup()
-        x, y = self.splits[split]
+        data = self.splits[split]
         rank, world = self._world()
         return IndexBatchLoader(
-            x,
-            y,
+            data.x,
+            data.y,
             self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             drop_last=False,
             seed=self.split_seed + 1,
             rank=rank,
             world_size=world,
+            index=data.index,
+            mapped=data.mapped,
         )
 
     def train_dataloader(self) -> IndexBatchLoader:
@@ -134,6 +143,13 @@ class InMemoryDataModule(L.LightningDataModule, abc.ABC):
 
     # ----------------------------------------------------------------- access
     def tensors(self, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        """The raw (x, y) tensors of one split ("train", "val" or "test")."""
+        """The raw (x, y) tensors of one split ("train", "val" or "test"): views of a
+        memory-mapped cache where the split is a whole file, an in-memory copy of its rows
+        where it was carved from train (`split_data` keeps them as index arrays)."""
+        self.setup()
+        return self.splits[split].tensors()
+
+    def split_data(self, split: str = "train") -> Split:
+        """One split as index arrays into its (possibly memory-mapped) tensors: no copy."""
         self.setup()
         return self.splits[split]

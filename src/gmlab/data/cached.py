@@ -1,9 +1,11 @@
-"""Datasets on disk: read once with torchvision's reader, cached as one uint8 tensor per split.
+"""Datasets on disk: read once with torchvision's reader, cached as one memory-mapped file
+per split.
 
 `CachedDataModule` holds everything the image datasets share: the cache file beside the
-raw files (written atomically, reused while it is newer than every raw file), the
-download through torchvision, and the one-paragraph errors for missing, truncated and
-corrupt files. A subclass names its raw files and reads one split.
+raw files (written atomically, reused while it is newer than every raw file, read as a
+memory mapping so that a split larger than RAM streams from disk; see
+`gmlab.data.mapped`), the download through torchvision, and the one-paragraph errors for
+missing, truncated and corrupt files. A subclass names its raw files and reads one split.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import contextlib
 import errno
 import hashlib
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from pathlib import Path
 import torch
 
 from gmlab.data.base import InMemoryDataModule
+from gmlab.data.mapped import CacheFileError, read_mapped, write_mapped
+from gmlab.data.split import Split
 from gmlab.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
@@ -35,32 +38,49 @@ def _fingerprint(sources: list[Path]) -> dict[str, int]:
     return {p.name: (p.stat().st_size if p.is_file() else -1) for p in sources if p.exists()}
 
 
-def load_cache(path: Path, sources: list[Path]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The cached (x, y) at `path`, or None when it is absent, stale or unreadable.
-
-    Stale: older than any existing raw file in `sources`, or made from files of other
-    names or sizes (say, another root sharing the cache_dir). A cache whose raw files
-    were all deleted is still used.
-    """
-    if not path.is_file():
-        return None
+def _is_stale(path: Path, made_from: dict[str, int], sources: list[Path]) -> bool:
+    """Older than any existing raw file in `sources`, or made from files of other names
+    or sizes (say, another root sharing the cache_dir). A cache whose raw files were all
+    deleted is still used."""
     now = _fingerprint(sources)
     if now and path.stat().st_mtime < max(p.stat().st_mtime for p in sources if p.exists()):
         log.info("cache %s is older than its raw files: decoding again", path)
+        return True
+    if set(made_from) != {p.name for p in sources} or any(
+        made_from[p] != size for p, size in now.items()
+    ):
+        log.info("cache %s was made from other raw files: decoding again", path)
+        return True
+    return False
+
+
+def load_cache(path: Path, sources: list[Path]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached (x memory-mapped, y) at `path`, or None when it is absent, stale or
+    unreadable (see `_is_stale`)."""
+    if not path.is_file():
         return None
+    try:
+        x, y, meta = read_mapped(path)
+        made_from, ok = meta["sources"], meta.get("format") == CACHE_FORMAT
+    except (OSError, CacheFileError, KeyError, TypeError) as exc:
+        log.warning("cache %s is unreadable (%s): decoding again", path, exc)
+        return None
+    if not ok or _is_stale(path, made_from, sources):
+        return None
+    return x, y
+
+
+def load_legacy_cache(path: Path, sources: list[Path]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(x, y) from a cache of the old `torch.save` format (read whole into memory), or
+    None when it is unusable."""
     try:
         blob = torch.load(path, weights_only=True)
         x, y, made_from = blob["x"], blob["y"], blob["sources"]
         ok = blob.get("format") == CACHE_FORMAT and len(x) == len(y)
     except Exception as exc:  # noqa: BLE001 - a bad cache is rebuilt, never fatal
-        log.warning("cache %s is unreadable (%s): decoding again", path, exc)
+        log.info("old-format cache %s is unreadable (%s): decoding again", path, exc)
         return None
-    if set(made_from) != {p.name for p in sources} or any(
-        made_from[p] != size for p, size in now.items()
-    ):
-        log.info("cache %s was made from other raw files: decoding again", path)
-        return None
-    return (x, y) if ok else None
+    return (x, y) if ok and not _is_stale(path, made_from, sources) else None
 
 
 def save_cache(path: Path, x: torch.Tensor, y: torch.Tensor, sources: list[Path]) -> bool:
@@ -68,18 +88,13 @@ def save_cache(path: Path, x: torch.Tensor, y: torch.Tensor, sources: list[Path]
 
     A folder without any write permission bit counts as read-only also for root (a
     shared read-only dataset copy is left as it is)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.parent.stat().st_mode & 0o222:
             raise PermissionError(errno.EACCES, "the folder is read-only")
-        blob = {"format": CACHE_FORMAT, "x": x, "y": y, "sources": _fingerprint(sources)}
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
+        write_mapped(path, x, y, {"format": CACHE_FORMAT, "sources": _fingerprint(sources)})
         return True
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         if path.parent in _unwritable:
             return False
         _unwritable.add(path.parent)
@@ -125,10 +140,12 @@ class CachedDataModule(InMemoryDataModule):
     """An InMemoryDataModule whose splits come from raw files read by torchvision.
 
     Each split is decoded once into a uint8 tensor and cached as
-    `<raw folder>/gmlab_cache_<key>_<split>.pt` (or under `cache_dir`); later runs load
-    the cache while it is newer than the raw files. Missing files are downloaded by
-    torchvision when `download=True`, otherwise they are a `DataNotFoundError` naming
-    the expected paths and how to get them; unreadable files are one too.
+    `<raw folder>/gmlab_cache_<key>_<split>.mmap` (or under `cache_dir`); later runs map
+    the cache while it is newer than the raw files (the pages are read from disk as
+    batches need them). A cache of the old `torch.save` format (`.pt`) is converted once.
+    Missing files are downloaded by torchvision when `download=True`, otherwise they are
+    a `DataNotFoundError` naming the expected paths and how to get them; unreadable files
+    are one too.
 
     Integrity is checked by structure (headers, sizes, parsing), not by md5, so that
     re-packed copies and tiny test files load; torchvision checks md5 sums on download.
@@ -147,7 +164,7 @@ class CachedDataModule(InMemoryDataModule):
         super().__init__(**kwargs)
         self.cache = cache
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
-        self._decoded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._decoded: dict[str, Split] = {}
         self._raw_checked = False
 
     # ---------------------------------------------------------- for subclasses
@@ -187,13 +204,13 @@ class CachedDataModule(InMemoryDataModule):
 
     # ----------------------------------------------------------------- loading
     def cache_path(self, split: str) -> Path:
-        """`<raw folder>/gmlab_cache_<key>_<split>.pt`; under a `cache_dir`, which several
-        roots may share, the name ends in a hash of the raw folder's absolute path."""
+        """`<raw folder>/gmlab_cache_<key>_<split>.mmap`; under a `cache_dir`, which
+        several roots may share, the name ends in a hash of the raw folder's absolute path."""
         name = f"gmlab_cache_{self.cache_key}_{split}"
         if self.cache_dir is None:
-            return self.raw_dir / f"{name}.pt"
+            return self.raw_dir / f"{name}.mmap"
         tag = hashlib.sha1(str(self.raw_dir.resolve()).encode()).hexdigest()[:10]
-        return self.cache_dir / f"{name}_{tag}.pt"
+        return self.cache_dir / f"{name}_{tag}.mmap"
 
     def prepare_data(self) -> None:
         """Download (if asked) and decode every split once, writing the caches.
@@ -204,22 +221,48 @@ class CachedDataModule(InMemoryDataModule):
         for split in self.split_names:
             self._split(split)
 
-    def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def load_splits(self) -> dict[str, Split]:
         splits = {split: self._split(split) for split in self.split_names}
         self._decoded.clear()  # setup() keeps its own copies
         return splits
 
-    def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _split(self, split: str) -> Split:
         if split not in self._decoded:
             self._decoded[split] = self._load_or_decode(split)
         return self._decoded[split]
 
-    def _load_or_decode(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _load_or_decode(self, split: str) -> Split:
         cache, sources = self.cache_path(split), self.raw_files(split)
         if self.cache:
             cached = load_cache(cache, sources)
             if cached is not None:
-                return cached
+                return Split(*cached, mapped=True)
+            legacy = cache.with_suffix(".pt")
+            decoded = load_legacy_cache(legacy, sources) if legacy.is_file() else None
+            if decoded is not None:
+                log.info("converting the old-format cache %s to %s", legacy, cache.name)
+                return self._store(cache, sources, *decoded, legacy=legacy)
+        x, y = self._decode(split)
+        return self._store(cache, sources, x, y) if self.cache else Split(x, y)
+
+    def _store(
+        self,
+        cache: Path,
+        sources: list[Path],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        legacy: Path | None = None,
+    ) -> Split:
+        """Write the cache and map it (the decoded tensors are dropped); (x, y) in memory
+        when it cannot be written. A converted old-format cache is deleted."""
+        if not save_cache(cache, x, y, sources):
+            return Split(x, y)
+        if legacy is not None:
+            with contextlib.suppress(OSError):
+                legacy.unlink()
+        return Split(*read_mapped(cache)[:2], mapped=True)
+
+    def _decode(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_raw_files()
         try:
             x, y = self.read_split(split)
@@ -233,10 +276,7 @@ class CachedDataModule(InMemoryDataModule):
             raise self._corrupt_error(
                 split, f"decoded {tuple(x.shape)} {x.dtype} images and {len(y)} labels"
             )
-        x, y = x.contiguous(), y.long().contiguous()
-        if self.cache:
-            save_cache(cache, x, y, sources)
-        return x, y
+        return x.contiguous(), y.long().contiguous()
 
     def _check_raw_files(self) -> None:
         if self._raw_checked:

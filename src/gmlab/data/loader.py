@@ -1,10 +1,13 @@
-"""Batches by indexing one in-memory tensor: no per-sample Python, no worker processes."""
+"""Batches by indexing one tensor (in memory or a file mapping): no per-sample Python, no
+worker processes."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+from gmlab.data.split import Split
 
 
 class EpochSeed:
@@ -22,7 +25,7 @@ class EpochSeed:
 
 
 class IndexBatchLoader:
-    """Iterate over (x[idx], y[idx]) batches of in-memory tensors.
+    """Iterate over (x[idx], y[idx]) batches of one split's tensors.
 
     A sized iterable that Lightning accepts as a dataloader. Shuffling uses a generator
     seeded by (seed, epoch), so every epoch's order is reproducible, also after a resume.
@@ -32,13 +35,15 @@ class IndexBatchLoader:
     stays in step, and at most world_size - 1 samples are seen twice per epoch.
 
     Args:
-        x: [N, ...] data (uint8 images or float points).
+        x: [N, ...] data (uint8 images or float points; in memory or a file mapping).
         y: [N] labels (int64).
         batch_size: samples per batch.
         shuffle: draw a new permutation every epoch.
         drop_last: drop the final incomplete batch.
         seed: base seed of the shuffling generator.
         rank, world_size: this process's share under distributed training.
+        index: the split's rows of x and y (ascending; default all), see `Split`.
+        mapped: x is a file mapping: each batch reads its rows in ascending order.
     """
 
     def __init__(
@@ -51,12 +56,12 @@ class IndexBatchLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        index: torch.Tensor | None = None,
+        mapped: bool = False,
     ) -> None:
-        if len(x) != len(y):
-            raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.x, self.y = x, y
+        self.split = Split(x, y, index, mapped)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -66,14 +71,14 @@ class IndexBatchLoader:
         self.batch_sampler = None  # read by Lightning's loader inspection
 
     def _per_rank_samples(self) -> int:
-        return math.ceil(len(self.x) / self.world_size)
+        return math.ceil(len(self.split) / self.world_size)
 
     def __len__(self) -> int:
         m = self._per_rank_samples()
         return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
 
     def __iter__(self):
-        n = len(self.x)
+        n = len(self.split)
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.sampler.epoch)
             order = torch.randperm(n, generator=gen)
@@ -82,7 +87,7 @@ class IndexBatchLoader:
         padded = self._per_rank_samples() * self.world_size
         if padded > n:
             order = order.repeat(math.ceil(padded / n))[:padded]
-        mine = order[self.rank :: self.world_size]
+        mine = order[self.rank :: self.world_size].contiguous()
         for i in range(len(self)):
             idx = mine[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.x[idx], self.y[idx]
+            yield self.split.take(idx)
