@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from support.cli import gmlab
-from support.sweeps import kill_once, metrics, record
+from support.sweeps import hparams_table, kill_once, metrics, record
 
 from gmlab.utils.sweep import job_key
 
@@ -56,10 +56,12 @@ def test_job_key_is_the_sha1_of_the_sorted_overrides_without_hydra_and_ckpt_path
     assert job_key(["ckpt_path=a.ckpt"], "eval") != job_key(["ckpt_path=b.ckpt"], "eval")
 
 
+@pytest.mark.slow
 def test_failed_first_job_does_not_stop_the_sweep(tmp_path, run_env):
+    """Jobs 0 and 2 (CIFAR-10, not on disk) fail, 1 and 3 (digits) run; the records, the
+    summary, the exit status and TensorBoard's HParams table of the sweep folder show it."""
     sweep = tmp_path / "sweep"
     common = [
-        "model=gaussian",
         "trainer.max_epochs=1",
         f"paths.data_dir={tmp_path / 'no_data'}",
         "~callbacks.progress_bar",
@@ -67,13 +69,14 @@ def test_failed_first_job_does_not_stop_the_sweep(tmp_path, run_env):
     ]
     out = gmlab(
         "gmlab-train",
-        ["-m", "data=cifar10,digits", *common, f"hydra.sweep.dir={sweep}"],
+        ["-m", "model=gaussian,mfa", "data=cifar10,digits", *common, f"hydra.sweep.dir={sweep}"],
         run_env,
         check=False,
     )
     assert out.returncode == 1, out.stderr
-    assert f"multirun {sweep}: 1 finished, 1 failed, 0 skipped, 0 unfinished" in out.stdout
-    assert f"failed: {sweep / '0'}  DataNotFoundError: CIFAR-10 not found" in out.stdout
+    assert f"multirun {sweep}: 2 finished, 2 failed, 0 skipped, 0 unfinished" in out.stdout
+    for job in ("0", "2"):
+        assert f"failed: {sweep / job}  DataNotFoundError: CIFAR-10 not found" in out.stdout
     assert "Traceback" not in out.stderr  # a user error is one line, also in a multirun
 
     failed = record(sweep / "0")
@@ -85,7 +88,7 @@ def test_failed_first_job_does_not_stop_the_sweep(tmp_path, run_env):
 
     done = record(sweep / "1")
     assert done["status"] == "finished" and done["schema"] == 1
-    assert metrics(sweep / "1")["test/bpd"] > 0
+    assert record(sweep / "3")["status"] == "finished"
     # provenance, each against an independent source
     overrides = yaml.safe_load((sweep / "1" / ".hydra" / "overrides.yaml").read_text())
     assert done["overrides"] == overrides and "data=digits" in overrides
@@ -107,6 +110,17 @@ def test_failed_first_job_does_not_stop_the_sweep(tmp_path, run_env):
     exact = {"kind": "exact"}
     assert done["metric_kinds"]["test/bpd"] == exact and done["metric_kinds"]["val/nll"] == exact
     assert set(done["metric_kinds"]) == set(metrics(sweep / "1"))
+
+    # TensorBoard's HParams table: both finished jobs, each with its own hyperparameters
+    # (MFA's n_components is a column although job 1 is a Gaussian) and final metrics
+    columns, names, sessions = hparams_table(sweep)
+    assert {"model/_target_", "model/n_components", "seed"} <= set(columns)
+    assert {"test/bpd", "train/loss", "train/ll"} <= set(names)  # Gaussian's and MFA's
+    assert sorted(sessions) == ["1/tensorboard", "3/tensorboard"]
+    for job, target in (("1", "gaussian.DiagonalGaussian"), ("3", "mfa.MFAModel")):
+        session = sessions[f"{job}/tensorboard"]
+        assert session["hparams"]["model/_target_"] == f"gmlab.models.{target}"
+        assert session["metrics"]["test/bpd"] == pytest.approx(metrics(sweep / job)["test/bpd"])
 
 
 def test_single_run_failure_is_one_line_and_recorded(tmp_path, run_env):

@@ -40,3 +40,44 @@ def record(run_dir: Path) -> dict:
 
 def metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def hparams_table(logdir: Path) -> tuple[list[str], list[str], dict[str, dict]]:
+    """What TensorBoard's HParams tab shows for `logdir`, read by TensorBoard's own event
+    multiplexer and hparams backend: (columns, metric names, {run: {"hparams", "metrics"}})."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    tb = base_plugin.TBContext(logdir=str(logdir), data_provider=provider, multiplexer=mux)
+    backend, request = backend_context.Context(tb), context.RequestContext()
+    experiment = backend.experiment_from_metadata(
+        request,
+        "",
+        True,
+        backend.hparams_metadata(request, ""),
+        backend.hparams_from_data_provider(request, "", None),
+    )
+    query = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=1000)
+    query.allowed_statuses.extend(
+        [api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE]
+    )
+    for info in experiment.hparam_infos:
+        query.col_params.add(hparam=info.name)
+    for info in experiment.metric_infos:
+        query.col_params.add(metric=info.name)
+    groups = list_session_groups.Handler(request, backend, "", query).run().session_groups
+    sessions = {
+        group.name: {
+            "hparams": {k: v.string_value or v.number_value for k, v in group.hparams.items()},
+            "metrics": {m.name.tag: m.value for m in group.metric_values},
+        }
+        for group in groups
+    }
+    columns = [info.name for info in experiment.hparam_infos]
+    return columns, [info.name.tag for info in experiment.metric_infos], sessions

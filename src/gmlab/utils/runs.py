@@ -80,7 +80,8 @@ def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
 def finish_run(
     trainer: L.Trainer, cfg_dict: dict, metrics: dict[str, float], out_dir: Path
 ) -> None:
-    """Write metrics.json and log the hyperparameters together with the final metrics."""
+    """Write metrics.json and the run's hyperparameters (an HParams session in TensorBoard,
+    beside the metrics' own scalars)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         write_json_atomic(out_dir / "metrics.json", metrics)
@@ -88,11 +89,27 @@ def finish_run(
         {k: v for k, v in cfg_dict.items() if k in ("model", "data", "seed", "trainer")}
     )
     for logger in trainer.loggers:
-        logger.log_hyperparams(hparams, metrics=metrics) if _takes_metrics(logger) else None
+        if _is_tensorboard(logger) and trainer.is_global_zero:
+            log_hparams_session(logger, hparams)
         logger.save()
 
 
-def _takes_metrics(logger) -> bool:
+def log_hparams_session(logger, hparams: dict[str, object]) -> None:
+    """Write a run's HParams session (hyperparameters, status success) without an
+    experiment summary. TensorBoard then builds the HParams table of a folder of runs (a
+    sweep) from all of their sessions: every job's hyperparameters are columns and the last
+    value of each scalar is a metric. With one experiment summary per run it would show the
+    columns and metrics of one arbitrary run only."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    logger.log_hyperparams(hparams)  # hparams.yaml (no summary: default_hp_metric is off)
+    _, start, end = hparams_summary(hparams, {})
+    writer = logger.experiment._get_file_writer()
+    writer.add_summary(start)
+    writer.add_summary(end)
+
+
+def _is_tensorboard(logger) -> bool:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     return isinstance(logger, TensorBoardLogger)
