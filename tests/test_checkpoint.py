@@ -1,12 +1,23 @@
 """The `Checkpoint` callback: `last.ckpt` follows training even when the metric worsens,
-and holds the final weights when training stops between validations."""
+and holds the final weights when training stops between validations. `load_model` on
+checkpoints of the flat-option layout (tests/fixtures/checkpoints_v0): their hyperparameters
+are migrated and the models reproduce the values the old code computed."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import lightning as L
+import pytest
 import torch
 
 from gmlab.callbacks import Checkpoint
+from gmlab.data import DigitsDataModule
+from gmlab.models.gaussian import DiagonalGaussian
+from gmlab.models.gmm_classifier import GMMClassifier
+from gmlab.models.realnvp import RealNVP
+from gmlab.utils.checkpoint import load_model
 
 
 class WorseningModel(L.LightningModule):
@@ -31,6 +42,10 @@ class WorseningModel(L.LightningModule):
 def loader(n: int = 8) -> torch.utils.data.DataLoader:
     data = torch.utils.data.TensorDataset(torch.randn(n, 2))
     return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+def loader_of(x: torch.Tensor) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=4)
 
 
 def trainer_with(callback: Checkpoint, **kwargs) -> L.Trainer:
@@ -78,3 +93,78 @@ def test_last_checkpoint_holds_the_final_step_when_max_steps_stops_mid_epoch(tmp
     assert last["global_step"] == 10
     assert torch.load(callback.best_model_path, weights_only=False)["global_step"] == 8
     assert not list(tmp_path.rglob("*.partial"))
+
+
+# ------------------------------------------------ checkpoints of the flat-option layout
+FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints_v0"
+
+
+@pytest.fixture(scope="module")
+def reference_batch() -> tuple[dict, torch.Tensor]:
+    """reference.json and the batch it was computed on (its README.md)."""
+    data = DigitsDataModule(batch_size=8, eval_batch_size=8)
+    data.setup("test")
+    x, _ = next(iter(data.test_dataloader()))
+    return json.loads((FIXTURES / "reference.json").read_text()), x
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "key"),
+    [
+        ("gaussian", DiagonalGaussian, "log_likelihood_seed0"),
+        ("realnvp", RealNVP, "log_likelihood_seed0"),
+        ("gmm", GMMClassifier, "logits"),
+    ],
+)
+def test_flat_option_checkpoints_load_and_reproduce_their_values(reference_batch, name, cls, key):
+    reference, x = reference_batch
+    raw = torch.load(FIXTURES / f"{name}.ckpt", weights_only=True)
+    assert "version" not in raw["gmlab"] and "lr" in raw["hyper_parameters"]  # the old layout
+    model = load_model(FIXTURES / f"{name}.ckpt").eval()
+    assert type(model) is cls
+    assert (
+        "lr" not in model.hparams and model.hparams.optimizer["lr"] == raw["hyper_parameters"]["lr"]
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(x) if name == "gmm" else model.log_likelihood(x)
+    torch.testing.assert_close(out, torch.tensor(reference[name][key]), rtol=1e-5, atol=1e-4)
+
+
+def test_migrated_hyperparameters_keep_their_meaning():
+    """The old flat options name the same optimizer, schedule and flow as today's parts."""
+    gmm = torch.load(FIXTURES / "gmm.ckpt", weights_only=True)["hyper_parameters"]
+    hp = GMMClassifier.migrate_hparams(dict(gmm), 0)
+    assert hp["optimizer"]["_target_"] == "torch.optim.Adadelta"
+    assert (hp["optimizer"]["lr"], hp["optimizer"]["weight_decay"]) == (
+        gmm["lr"],
+        gmm["weight_decay"],
+    )
+    assert hp["lr_scheduler"]["step_size"] == gmm["lr_step_size"]
+    assert (hp["lr_scheduler"]["gamma"], hp["lr_scheduler"]["interval"]) == (
+        gmm["lr_gamma"],
+        "epoch",
+    )
+    assert GMMClassifier.migrate_hparams({**gmm, "lr_gamma": None}, 0)["lr_scheduler"] is None
+    sgd = GMMClassifier.migrate_hparams({**gmm, "optimizer": "sgd"}, 0)["optimizer"]
+    assert sgd["_target_"] == "torch.optim.SGD" and sgd["momentum"] == 0.9
+
+    flat = torch.load(FIXTURES / "realnvp.ckpt", weights_only=True)["hyper_parameters"]
+    hp = RealNVP.migrate_hparams(dict(flat), 0)
+    flow_keys = {"num_scales", "num_blocks", "filters", "alpha", "norm", "channels_last"}
+    assert {k: hp["flow"][k] for k in flow_keys} == {k: flat[k] for k in flow_keys}
+    assert not flow_keys & set(hp)
+    assert hp["lr_scheduler"]["_target_"] == "gmlab.utils.lr_schedule.WarmupStableDecay"
+    assert RealNVP.migrate_hparams(hp, RealNVP.checkpoint_version) == hp  # current: unchanged
+
+
+def test_new_checkpoints_record_their_version(tmp_path):
+    model = DiagonalGaussian([1, 8, 8])
+    trainer = trainer_with(Checkpoint(dirpath=tmp_path, save_last=True), max_steps=1)
+    trainer.fit(model, train_dataloaders=loader_of(torch.zeros(4, 1, 8, 8, dtype=torch.uint8)))
+    raw = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert raw["gmlab"] == {
+        "class": "gmlab.models.gaussian.DiagonalGaussian",
+        "version": DiagonalGaussian.checkpoint_version,
+    }
+    assert isinstance(load_model(tmp_path / "last.ckpt"), DiagonalGaussian)
