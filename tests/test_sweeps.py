@@ -158,6 +158,14 @@ def test_ckpt_path_last_starts_fresh_then_resumes_a_sigkilled_run(tmp_path, run_
     for key in SAME:
         assert a[key] == b[key], key  # bitwise-equal floats
 
+    best = next((killed / "checkpoints").glob("best-*.ckpt"))
+    ev = tmp_path / "eval"
+    gmlab("gmlab-eval", [f"ckpt_path={best}", "seed=7", f"hydra.run.dir={ev}"], run_env)
+    evaluated = record(ev)
+    assert evaluated["task"] == "eval" and evaluated["status"] == "finished"
+    assert evaluated["ckpt_path"] == str(best)
+    assert evaluated["metric_kinds"]["test/bpd"] == {"kind": "exact"}
+
 
 @pytest.mark.slow
 def test_relaunch_resumes_unfinished_jobs_and_skips_finished_ones(tmp_path, run_env):
@@ -219,3 +227,30 @@ def test_local_gpus_launcher_keeps_going_on_the_cpu(tmp_path, run_env):
     assert record(sweep / "1")["status"] == "finished"
     again = gmlab("gmlab-train", args, run_env, check=False)
     assert "0 finished, 1 failed, 1 skipped, 0 unfinished" in again.stdout
+
+
+@pytest.mark.slow
+def test_optuna_marks_a_failed_trial_failed_and_goes_on(tmp_path, run_env):
+    """The failed job returns None (a NaN would stop hydra-optuna-sweeper 1.3's study)."""
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.n_trials=2",
+        "data=choice(cifar10,digits)",
+        "optimized_metric=val/bpd",
+        "model=gaussian",
+        "trainer.max_epochs=1",
+        f"paths.data_dir={tmp_path / 'no_data'}",
+        "~callbacks.progress_bar",
+        "~callbacks.model_summary",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    out = gmlab("gmlab-train", args, run_env, check=False)
+    assert out.returncode == 1, out.stderr
+    assert "1 finished, 1 failed, 0 skipped, 0 unfinished" in out.stdout
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    (done,) = [p for p in sweep.iterdir() if (p / "metrics.json").is_file()]
+    assert best["best_params"] == {"data": "digits"}
+    assert best["best_value"] == pytest.approx(metrics(done)["val/bpd"])

@@ -174,11 +174,13 @@ def run_recorded(cfg: DictConfig, task: str, work: Work) -> dict | None:
     `Exception`) is recorded and logged and returns None (Optuna marks the trial failed);
     a job whose folder holds a finished record of the same job is skipped (its metrics are
     returned); an unfinished one resumes with `ckpt_path=last` unless a `ckpt_path` was given.
-    Outside Hydra, and on ranks > 0 of a distributed run, `work(cfg, None)` runs unrecorded.
+    Outside Hydra `work(cfg, None)` runs unrecorded; so it does on the ranks > 0 of a
+    distributed run, after the same skip / resume decision as rank 0.
     """
     job = _job()
-    if job is None or _rank() > 0:
+    if job is None:
         return work(cfg, None)
+    writes = _rank() == 0
     out_dir = job["out_dir"]
     key = job_key(job["overrides"], task)
     earlier = read_record(out_dir)
@@ -186,12 +188,16 @@ def run_recorded(cfg: DictConfig, task: str, work: Work) -> dict | None:
     if job["multirun"] and earlier:
         metrics = read_json(out_dir / "metrics.json")
         if earlier.get("status") == "finished" and metrics is not None:
-            skip = {"status": "skipped", "start_time": now_iso(), "end_time": now_iso()}
-            RunRecord(out_dir, earlier).update(attempts=[*earlier.get("attempts", []), skip])
-            log.info("skipped: finished in an earlier launch (%s)", out_dir)
+            if writes:
+                skip = {"status": "skipped", "start_time": now_iso(), "end_time": now_iso()}
+                attempts = [*earlier.get("attempts", []), skip]
+                RunRecord(out_dir, earlier).update(attempts=attempts)
+                log.info("skipped: finished in an earlier launch (%s)", out_dir)
             return metrics
         if task == "train" and cfg.get("ckpt_path") is None:
             cfg.ckpt_path = "last"
+    if not writes:
+        return work(cfg, None)
     record = RunRecord(out_dir, _new_record(cfg, task, job, key, earlier))
     record.update()
     started = time.time()
