@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gmlab.distributions.lowrank import lowrank_log_prob
 from gmlab.errors import ConfigError, ShapeError
 from gmlab.ops.linalg import cholesky_float64_retry
 
@@ -163,8 +164,6 @@ class GaussianMixtureClassifier(nn.Module):
             self.rank = rank or min(10, d)
             if not 1 <= self.rank <= d:
                 raise ConfigError(f"rank must be in [1, {d}], got {self.rank}")
-            from gmlab.distributions.lowrank import lowrank_log_prob  # noqa: F401 - fail early
-
             # small random factors (W = 0 would be a saddle point: zero gradient)
             self.cov_factor = nn.Parameter(torch.randn(k, d, self.rank) * 0.1 * init_std)
             self.raw_scale = nn.Parameter(torch.full((k, d), raw))
@@ -269,8 +268,6 @@ class GaussianMixtureClassifier(nn.Module):
             maha = w.square().sum(-1)  # [B, K]
             return -0.5 * maha + inv_scale.log().sum(-1) - const
         if self.covariance == "lowrank":
-            from gmlab.distributions.lowrank import lowrank_log_prob
-
             log_noise = 2 * self._scale(dtype).log()
             return lowrank_log_prob(z, mu, self.cov_factor.to(dtype), log_noise)
         chol = self._full_cholesky(dtype)  # [K, d, d]
