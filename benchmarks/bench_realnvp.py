@@ -35,6 +35,14 @@ BLOCKS, FILTERS = 8, 128
 ARCH = {"num_blocks": BLOCKS, "filters": FILTERS, "norm": None}
 
 
+def gmlab_realnvp(channels_last: bool = True, **options):
+    """gmlab's RealNVP with the ARCH flow (the flow part's config)."""
+    from gmlab.models.realnvp import RealNVP
+
+    flow = {"_target_": "gmlab.nn.flows.build_realnvp", **ARCH, "channels_last": channels_last}
+    return RealNVP(list(SHAPE), flow=flow, **options)
+
+
 # ------------------------------------------------------------------ reference
 def ref_conv(cin: int, cout: int, k: int) -> nn.Module:
     return weight_norm(nn.Conv2d(cin, cout, k, padding=k // 2))
@@ -206,10 +214,9 @@ def same_weights_losses(x_raw: torch.Tensor) -> tuple[float, float, float]:
     """Mean bpd of uint8 images [B, 3, 32, 32] under the reference and under gmlab's model
     (float32, then bf16 s/t nets) with the same random weights and dequantization noise:
     the evidence that both implementations train on an identical loss."""
-    from gmlab.models.realnvp import RealNVP
 
     torch.manual_seed(0)
-    model = RealNVP(list(SHAPE), **ARCH, amp="none", channels_last=False)
+    model = gmlab_realnvp(channels_last=False, amp="none")
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))  # move well off the identity init
@@ -227,7 +234,6 @@ def same_weights_losses(x_raw: torch.Tensor) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    from gmlab.models.realnvp import RealNVP
 
     print(
         f"RealNVP {BLOCKS} blocks x {FILTERS} filters, batch {BATCH}x{'x'.join(map(str, SHAPE))}, "
@@ -249,7 +255,7 @@ def main() -> None:
         ("gmlab float32 channels-last", "none", True),
         ("gmlab bf16 s/t nets, channels-last", "bf16", True),
     ):
-        model = RealNVP(list(SHAPE), **ARCH, amp=amp, channels_last=cl)
+        model = gmlab_realnvp(channels_last=cl, amp=amp)
         steps[label] = train_step(model, gmlab_loss(model), x)
     rates = best_rates(steps)
     # the work of one step (both implementations do the same convolutions), against the
@@ -276,13 +282,12 @@ def main() -> None:
 def gpu() -> None:
     """GPU rows: training images/s of the same step in float32 and with bf16 s/t nets, and
     the achieved TFLOP/s against the GPU's own dense matmul rate in each precision."""
-    from gmlab.models.realnvp import RealNVP
 
     torch.manual_seed(0)
     x = torch.randint(0, 256, (BATCH, *SHAPE), dtype=torch.uint8, device="cuda")
     steps = {}
     for label, amp in (("float32", "none"), ("bf16 s/t nets", "bf16")):
-        model = RealNVP(list(SHAPE), **ARCH, amp=amp).cuda()
+        model = gmlab_realnvp(amp=amp).cuda()
         steps[label] = cuda_synced(train_step(model, gmlab_loss(model), x))
     with FlopCounterMode(display=False) as counter:
         steps["float32"]()
