@@ -1,4 +1,5 @@
-"""`VectorQuantizer`: nearest codes, straight-through gradients, the two VQ losses, and
+"""`VectorQuantizer` and `EMAVectorQuantizer`: nearest codes, straight-through gradients, the
+VQ losses, the moving-average update by hand, dead-code revival, k-means init, old state, and
 the codebook-use perplexity, against brute force."""
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ import pytest
 import torch
 from scipy.stats import entropy
 
+from gmlab.errors import ConfigError
+from gmlab.nn.ema_quantizer import EMAVectorQuantizer
 from gmlab.nn.vector_quantizer import VectorQuantizer, perplexity
+from gmlab.ops.kmeans import kmeans
 
 
 def test_codebook_starts_uniform_in_plus_minus_one_over_k():
@@ -66,8 +70,134 @@ def test_straight_through_value_gradient_and_losses():
 
 
 def test_perplexity_is_exp_entropy_of_the_code_histogram():
-    assert perplexity(torch.zeros(50, dtype=torch.long), 8).item() == pytest.approx(1.0)
-    assert perplexity(torch.arange(8).repeat(5), 8).item() == pytest.approx(8.0, rel=1e-6)
+    assert perplexity(torch.tensor([50, 0, 0, 0])).item() == pytest.approx(1.0)
+    assert perplexity(torch.full((8,), 5)).item() == pytest.approx(8.0, rel=1e-6)
     codes = torch.randint(0, 12, (1000,), generator=torch.Generator().manual_seed(3))
-    counts = torch.bincount(codes, minlength=12).numpy()
-    assert perplexity(codes, 12).item() == pytest.approx(math.exp(entropy(counts)), rel=1e-5)
+    counts = torch.bincount(codes, minlength=12)
+    assert perplexity(counts).item() == pytest.approx(math.exp(entropy(counts.numpy())), rel=1e-5)
+
+
+def test_counts_and_losses_of_the_forward_pass():
+    torch.manual_seed(4)
+    vq = VectorQuantizer(6, 2)
+    with torch.no_grad():
+        vq.codebook.normal_()
+    z_e = torch.randn(3, 2, 2, 5)
+    for mode in (vq.eval(), vq.train()):
+        out = mode(z_e)
+        brute = torch.cdist(z_e.permute(0, 2, 3, 1).reshape(-1, 2), vq.codebook.detach()).argmin(1)
+        assert torch.equal(out.codes.flatten(), brute)
+        assert torch.equal(out.counts, torch.bincount(brute, minlength=6))
+        assert out.revived == 0
+
+
+def test_ema_update_equals_the_hand_computation():
+    """N_k <- g N_k + (1-g) n_k, m_k <- g m_k + (1-g) s_k, e_k = m_k / N~_k with Laplace
+    smoothing, written out per code on a toy batch of four 2-D vectors and three codes."""
+    decay, eps = 0.9, 0.1
+    vq = EMAVectorQuantizer(3, 2, decay=decay, eps=eps).train()
+    start = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+    vq.set_codes(torch.arange(3), start, torch.ones(3))
+    z = torch.tensor([[0.1, -0.2], [0.9, 1.2], [1.1, 0.8], [-0.3, 0.1]])  # codes 0, 1, 1, 0
+    out = vq(z.T.reshape(1, 2, 1, 4))
+    assert out.codes.flatten().tolist() == [0, 1, 1, 0]
+    assert out.counts.tolist() == [2, 2, 0]
+    size, sums = [], []
+    for k, members in enumerate([[0, 3], [1, 2], []]):
+        size.append(decay * 1.0 + (1 - decay) * len(members))
+        s_k = sum((z[i] for i in members), torch.zeros(2))
+        sums.append(decay * start[k] * 1.0 + (1 - decay) * s_k)
+    total = sum(size)
+    expected = torch.stack(
+        [m / ((n + eps) / (total + 3 * eps) * total) for n, m in zip(size, sums, strict=True)]
+    )
+    assert torch.allclose(vq.cluster_size, torch.tensor(size))
+    assert torch.allclose(vq.embed_sum, torch.stack(sums))
+    assert torch.allclose(vq.codebook, expected, atol=1e-6)
+    # the codebook takes no gradient: no codebook loss, the commitment term stays
+    assert out.codebook_loss.item() == 0.0 and not vq.codebook.requires_grad
+    z_q = start[out.codes.flatten()]
+    assert out.commitment_loss.item() == pytest.approx((z - z_q).square().mean().item())
+    before = vq.codebook.clone()
+    vq.eval()(z.T.reshape(1, 2, 1, 4))
+    assert torch.equal(vq.codebook, before)  # no update outside training
+
+
+@pytest.mark.parametrize("cls", [VectorQuantizer, EMAVectorQuantizer])
+@pytest.mark.parametrize("revive_from", ["random", "farthest"])
+def test_revival_replaces_exactly_the_dead_codes(cls, revive_from):
+    vq = cls(5, 2, dead_after=3, revive_from=revive_from).train()
+    twin = cls(5, 2).train()  # the same without revival
+    codes = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [-10.0, 0.0], [0.0, -10.0]])
+    vq.set_codes(torch.arange(5), codes, torch.ones(5))
+    twin.set_codes(torch.arange(5), codes, torch.ones(5))
+    g = torch.Generator().manual_seed(0)
+    near = torch.randn(40, 2, generator=g) * 0.5  # all nearest to code 0
+    near[:10] += torch.tensor([10.0, 0.0])  # code 1 used too
+    z = near.T.reshape(1, 2, 4, 10)
+    history = []
+    for _ in range(3):
+        kept = vq.codebook.detach().clone()
+        history.append(vq(z).revived)
+        twin(z)
+    assert history == [0, 0, 3]  # codes 2, 3, 4 unused for 3 steps
+    new = vq.codebook.detach()
+    assert torch.equal(new[:2], twin.codebook.detach()[:2])  # the used codes as without revival
+    assert not torch.isin(new[2:], twin.codebook.detach()).all(1).any()  # the dead ones moved
+    members = (new[2:, None, :] == near[None]).all(-1)  # [3, 40]: which batch vector
+    assert (members.sum(1) == 1).all()  # each revived code is one of the batch's vectors
+    assert members.any(0).sum() == 3  # three different ones
+    if revive_from == "farthest":
+        distance = torch.cdist(near, kept[:2]).min(1).values
+        chosen = members.any(0).nonzero().flatten()
+        assert set(chosen.tolist()) == set(distance.topk(3).indices.tolist())
+    assert vq.unused_steps.tolist() == [0, 0, 0, 0, 0]
+    assert vq(z).revived == 0  # revived codes get a fresh count of steps
+
+
+def test_kmeans_init_is_ops_kmeans_of_the_first_batch():
+    torch.manual_seed(5)
+    z = torch.randn(4, 3, 5, 5) + torch.randint(0, 3, (4, 1, 5, 5)) * 4.0
+    rows = z.permute(0, 2, 3, 1).reshape(-1, 3)
+    centers, labels = kmeans(rows, 6, n_iter=7, seed=2)
+    for cls in (VectorQuantizer, EMAVectorQuantizer):
+        vq = cls(6, 3, init="kmeans", kmeans_iters=7, seed=2).eval()
+        vq(z)
+        assert not bool(vq.initialized)  # only training steps initialize
+        out = vq.train()(z)
+        if cls is VectorQuantizer:
+            assert torch.equal(vq.codebook.detach(), centers)
+        else:  # initialized, then one moving-average step from N_k = the cluster sizes
+            sizes = torch.bincount(labels, minlength=6).float().clamp_min(1)
+            assert torch.allclose(vq.cluster_size, 0.99 * sizes + 0.01 * out.counts)
+        assert torch.equal(out.codes.flatten(), labels)  # the batch quantized by its centers
+        kept = vq.codebook.detach().clone()
+        vq(z + 1.0)
+        assert bool(vq.initialized)
+        if cls is VectorQuantizer:
+            assert torch.equal(vq.codebook.detach(), kept)  # once only
+    with pytest.raises(ConfigError, match="needs at least 200 encoder vectors"):
+        VectorQuantizer(200, 3, init="kmeans").train()(z)
+
+
+def test_checkpoints_without_the_new_state_load_as_trained_codebooks():
+    vq = EMAVectorQuantizer(4, 2, init="kmeans")
+    old = {"codebook": torch.randn(4, 2)}  # all a gradient quantizer held before
+    seed = VectorQuantizer(4, 2, init="kmeans")
+    seed.load_state_dict(dict(old))
+    assert torch.equal(seed.codebook.detach(), old["codebook"]) and bool(seed.initialized)
+    assert seed.unused_steps.tolist() == [0] * 4
+    with pytest.raises(RuntimeError, match="cluster_size"):
+        vq.load_state_dict(dict(old))  # a moving-average codebook needs its averages
+
+
+def test_bad_options_are_config_errors():
+    for options, match in [
+        ({"init": "normal"}, "init must be uniform or kmeans"),
+        ({"revive_from": "nearest"}, "revive_from must be random or farthest"),
+        ({"dead_after": 0}, "dead_after must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            VectorQuantizer(4, 2, **options)
+    with pytest.raises(ConfigError, match="decay must be in"):
+        EMAVectorQuantizer(4, 2, decay=1.0)

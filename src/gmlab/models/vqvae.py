@@ -1,9 +1,11 @@
 """VQ-VAE (van den Oord et al. 2017) and its second stage, a Gated PixelCNN prior over
 the codes.
 
-Stage 1, `VQVAE`: encoder -> [B, D, h, w] -> nearest of K codes (`VectorQuantizer`) ->
-decoder -> likelihood p(x | z_q). Loss per image, with D_x the data dimensions:
-    -log p(x | z_q) / D_x + ||sg[z_e] - z_q||^2 + beta ||z_e - sg[z_q]||^2   (means).
+Stage 1, `VQVAE`: encoder -> [B, D, h, w] -> nearest of K codes (the `quantizer` part:
+`gmlab.nn.vector_quantizer` or `gmlab.nn.ema_quantizer`) -> decoder -> likelihood p(x | z_q).
+Loss per image, with D_x the data dimensions:
+    -log p(x | z_q) / D_x + ||sg[z_e] - z_q||^2 + beta ||z_e - sg[z_q]||^2   (means),
+without the middle (codebook) term for the moving-average codebook.
 Stage 2, `VQVAEPixelCNN`: the trained VQ-VAE frozen; a `GatedPixelCNN` learns p(codes).
 
 Bits/dim, the shared convention: the codes are a deterministic function of x, so for any
@@ -18,16 +20,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from gmlab.errors import ConfigError
 from gmlab.models.base import GenerativeModel, image_grid
+from gmlab.models.parts import build_part
 from gmlab.nn.pixelcnn import GatedPixelCNN
-from gmlab.nn.vector_quantizer import VectorQuantizer, perplexity
+from gmlab.nn.vector_quantizer import perplexity
 from gmlab.nn.vq_autoencoder import VQDecoder, VQEncoder
-from gmlab.utils.checkpoint import load_model
+from gmlab.utils.checkpoint import load_model, model_class, read_checkpoint
+
+# the seed's codebook: learned by gradient from U(-1/K, 1/K), no revival (checkpoints
+# written before the quantizer option hold this one)
+GRADIENT_QUANTIZER = {"_target_": "gmlab.nn.vector_quantizer.VectorQuantizer"}
 
 
 class VQVAE(GenerativeModel):
@@ -44,6 +52,9 @@ class VQVAE(GenerativeModel):
         likelihood: decoder likelihood: discretized_logistic (default) or gaussian_fixed
             (N(mu, I), the seed's plain reconstruction loss; a loose density).
         beta: weight of the commitment loss.
+        quantizer: the codebook part, a config dict with `_target_` (`model/quantizer=ema`
+            or `gradient`); K and D come from num_codes and code_dim. None: the seed's
+            gradient codebook.
         lr: Adam learning rate; lr_schedule: `WarmupStableDecay` options (empty: constant).
     """
 
@@ -58,11 +69,13 @@ class VQVAE(GenerativeModel):
         res_blocks: int = 2,
         likelihood: str = "discretized_logistic",
         beta: float = 0.25,
+        quantizer: dict | None = None,
         lr: float = 1e-3,
         lr_schedule: dict | None = None,
     ) -> None:
         super().__init__(data_shape, preprocess)
         self.save_hyperparameters()
+        self.hparams["quantizer"] = dict(quantizer or GRADIENT_QUANTIZER)
         if not self.is_image:
             raise ConfigError(f"VQVAE models [C, H, W] images, got data_shape {self.data_shape}")
         channels, height, width = self.data_shape
@@ -76,10 +89,12 @@ class VQVAE(GenerativeModel):
         self.likelihood = self.build_likelihood(likelihood)
         params = self.likelihood.num_params
         self.encoder = VQEncoder(channels, code_dim, hidden, downsample, res_blocks)
-        self.quantizer = VectorQuantizer(num_codes, code_dim)
+        self.quantizer = build_part(
+            self.hparams.quantizer, "quantizer", num_codes=num_codes, dim=code_dim
+        )
         self.decoder = VQDecoder(code_dim, params * channels, hidden, downsample, res_blocks)
         self.use_lr_schedule(lr_schedule)
-        self._val_codes: list[torch.Tensor] = []
+        self._val_counts: torch.Tensor | None = None
 
     @property
     def num_codes(self) -> int:
@@ -130,7 +145,9 @@ class VQVAE(GenerativeModel):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/recon", recon.mean(), batch_size=bs)  # log p(x | z_q), as the VAE
         self.log("train/vq_loss", vq, batch_size=bs)
-        self.log("train/perplexity", perplexity(q.codes, self.num_codes), batch_size=bs)
+        self.log("train/perplexity", perplexity(q.counts), batch_size=bs)  # all ranks' codes
+        self.log("train/codes_used", (q.counts > 0).sum().float(), batch_size=bs)
+        self.log("train/revived", float(q.revived), reduce_fx="sum", on_step=False, on_epoch=True)
         return loss
 
     def configure_optimizers(self):
@@ -142,19 +159,21 @@ class VQVAE(GenerativeModel):
         (one encoder pass for both)."""
         recon, codes = self.reconstruction_log_prob(batch[0])
         self.log_density_metrics(recon + self.code_log_prob(codes), "val", batch_idx)
-        self._val_codes.append(codes.flatten())
+        counts = torch.bincount(codes.flatten(), minlength=self.num_codes)
+        self._val_counts = counts if self._val_counts is None else self._val_counts + counts
 
     def on_validation_epoch_end(self) -> None:
-        """Codebook use over the validation set: perplexity, the number of codes used, and
-        the codes' histogram (TensorBoard `val/codes`)."""
-        if not self._val_codes:
+        """Codebook use over the whole validation set (all ranks' counts summed):
+        perplexity, the number of codes used, and the codes' histogram (TensorBoard
+        `val/codes`)."""
+        if self._val_counts is None:
             return
-        codes = torch.cat(self._val_codes)
-        self._val_codes.clear()
-        used = float(torch.unique(codes).numel())
-        self.log("val/perplexity", perplexity(codes, self.num_codes), sync_dist=True)
-        self.log("val/codes_used", used, sync_dist=True)
+        counts = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum")
+        self._val_counts = None
+        self.log("val/perplexity", perplexity(counts), sync_dist=True)  # equal on all ranks
+        self.log("val/codes_used", (counts > 0).sum().float(), sync_dist=True)
         if self.trainer.is_global_zero:
+            codes = torch.repeat_interleave(torch.arange(self.num_codes), counts.cpu())
             for logger in self.trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):  # which codes the data use
                     logger.experiment.add_histogram("val/codes", codes, self.global_step)
@@ -197,7 +216,12 @@ class VQVAEPixelCNN(GenerativeModel):
 
     Args:
         data_shape: (C, H, W), the VQ-VAE's.
-        vqvae_ckpt: checkpoint of a trained `VQVAE` (`gmlab-train experiment=vqvae_...`).
+        vqvae_ckpt: the trained `VQVAE` (`gmlab-train experiment=vqvae_...`): a checkpoint
+            file, a run directory (its best checkpoint), or "auto": the newest best
+            checkpoint of a VQ-VAE on images of this shape among the runs in `search_dir`.
+        search_dir: where "auto" looks: a folder of run directories (the preset gives the
+            parent of this run's own directory: the other jobs of a multirun, or the
+            single runs).
         vqvae: the VQ-VAE's hyperparameters; filled from `vqvae_ckpt` on the first build,
             so that this model's own checkpoints rebuild without that file.
         embed_dim, channels, num_blocks, kernel_size, head_channels: `GatedPixelCNN`'s.
@@ -208,6 +232,7 @@ class VQVAEPixelCNN(GenerativeModel):
         self,
         data_shape: Sequence[int],
         vqvae_ckpt: str | None = None,
+        search_dir: str | None = None,
         vqvae: dict | None = None,
         embed_dim: int = 64,
         channels: int | None = None,
@@ -217,9 +242,12 @@ class VQVAEPixelCNN(GenerativeModel):
         lr: float = 1e-3,
         lr_schedule: dict | None = None,
     ) -> None:
+        if not vqvae and vqvae_ckpt:
+            vqvae_ckpt = find_vqvae_checkpoint(vqvae_ckpt, data_shape, search_dir)
         autoencoder = frozen_vqvae(vqvae_ckpt, vqvae)
         super().__init__(data_shape, autoencoder.preprocess.config())
         self.save_hyperparameters()
+        self.hparams["vqvae_ckpt"] = vqvae_ckpt  # the file found, for the record
         self.hparams["vqvae"] = dict(autoencoder.hparams)
         if self.data_shape != autoencoder.data_shape:
             raise ConfigError(
@@ -264,6 +292,43 @@ class VQVAEPixelCNN(GenerativeModel):
         levels = self.preprocess.num_levels - 1
         out["samples_uniform_codes"] = image_grid(self.vqvae.sample(64) / levels)
         return out
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The best-*.ckpt of a run directory (the newest if there are several), or None."""
+    found = sorted((run_dir / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def find_vqvae_checkpoint(spec: str, data_shape: Sequence[int], search_dir: str | None) -> str:
+    """Resolve `model.vqvae_ckpt`: a file as given; a run directory -> its best checkpoint;
+    "auto" -> the newest best checkpoint of a VQVAE over `data_shape` images among the run
+    directories in `search_dir`."""
+    path = Path(spec)
+    if spec != "auto":
+        if not path.is_dir():
+            return spec
+        best = best_checkpoint(path)
+        if best is None:
+            raise ConfigError(
+                f"model.vqvae_ckpt={spec} is a directory without checkpoints/best-*.ckpt"
+            )
+        return str(best)
+    if not search_dir or not Path(search_dir).is_dir():
+        raise ConfigError(
+            f"model.vqvae_ckpt=auto needs model.search_dir, a folder of runs; got {search_dir}"
+        )
+    runs = [best_checkpoint(run) for run in Path(search_dir).iterdir() if run.is_dir()]
+    for ckpt in sorted(filter(None, runs), key=lambda p: p.stat().st_mtime, reverse=True):
+        checkpoint = read_checkpoint(ckpt)
+        shape = checkpoint.get("hyper_parameters", {}).get("data_shape")
+        if model_class(checkpoint, ckpt) is VQVAE and list(shape or []) == list(data_shape):
+            return str(ckpt)
+    raise ConfigError(
+        f"model.vqvae_ckpt=auto found no VQ-VAE checkpoint of {list(data_shape)} images in the "
+        f"runs under {Path(search_dir).resolve()}: train stage 1 first (e.g. gmlab-train -m "
+        "experiment=vqvae_mnist,vqvae_pixelcnn_mnist), or give model.vqvae_ckpt=<run or file>"
+    )
 
 
 def frozen_vqvae(path: str | None, hparams: dict | None) -> VQVAE:
