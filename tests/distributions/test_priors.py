@@ -9,10 +9,10 @@ from torch import distributions as D
 from gmlab.distributions.likelihoods import (
     BernoulliLikelihood,
     DiscretizedLogisticLikelihood,
+    EventSpace,
     GaussianLikelihood,
-    build_likelihood,
 )
-from gmlab.distributions.priors import FlowPrior, MixturePrior, NormalPrior, build_prior
+from gmlab.distributions.priors import MixturePrior, NormalPrior
 
 
 @pytest.mark.parametrize("learn_weights", [False, True])
@@ -64,48 +64,41 @@ def test_normal_prior_kl_and_log_prob():
     mu, logvar = torch.randn(6, 3), torch.randn(6, 3)
     q = D.Normal(mu, (0.5 * logvar).exp())
     ref = D.kl_divergence(q, D.Normal(torch.zeros(3), torch.ones(3)))
-    torch.testing.assert_close(NormalPrior.kl(mu, logvar), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(NormalPrior(3).analytic_kl(mu, logvar), ref, atol=1e-5, rtol=1e-5)
     z = torch.randn(10, 3)
     ref_lp = D.Normal(0.0, 1.0).log_prob(z).sum(-1)
     torch.testing.assert_close(NormalPrior(3).log_prob(z), ref_lp)
 
 
-def test_flow_prior_density_integrates_to_one_in_1d():
-    torch.manual_seed(3)
-    prior = FlowPrior(dim=1, hidden=(8,))
-    with torch.no_grad():
-        prior.flow.made.out.bias.copy_(torch.tensor([0.7, -0.4]))  # eps = z * e^-0.4 + 0.7
-    grid = torch.linspace(-30, 30, 60001)[:, None]
-    mass = prior.log_prob(grid).exp().sum() * (grid[1] - grid[0])
-    assert abs(mass.item() - 1.0) < 1e-3
-    s = prior.sample(50_000)
-    assert abs(s.mean().item() - (-0.7 / math.exp(-0.4))) < 0.05
-
-
-def test_build_prior_rejects_unknown_names():
-    with pytest.raises(ValueError, match="unknown prior"):
-        build_prior("vamp", 2)
+def test_priors_offer_only_their_kl_options():
+    assert NormalPrior(2).has_analytic_kl and not NormalPrior(2).has_approx_kl
+    mog = MixturePrior(2, n_components=3)
+    assert mog.has_approx_kl and not mog.has_analytic_kl
+    with pytest.raises(NotImplementedError, match="no analytic KL"):
+        mog.analytic_kl(torch.zeros(1, 2), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="n_components"):
+        MixturePrior(2, n_components=0)
 
 
 def test_likelihoods_match_torch_distributions():
     torch.manual_seed(4)
     params = torch.randn(5, 2, 3, 4, 4)
     x = torch.rand(5, 3, 4, 4)
-    lik = GaussianLikelihood(event_dims=3, learn_variance=True)
+    lik = GaussianLikelihood(EventSpace(3), learn_variance=True)
     ref = D.Normal(params[:, 0], (0.5 * params[:, 1]).exp()).log_prob(x).flatten(1).sum(1)
     torch.testing.assert_close(lik.log_prob(x, params), ref)
-    fixed = build_likelihood("gaussian_fixed", 3)
+    fixed = GaussianLikelihood(EventSpace(3), learn_variance=False, std=1.0)
     ref = D.Normal(params[:, 0], 1.0).log_prob(x).flatten(1).sum(1)
     torch.testing.assert_close(fixed.log_prob(x, params[:, :1]), ref)
     xb = torch.bernoulli(x)
     ref = D.Bernoulli(logits=params[:, 0]).log_prob(xb).flatten(1).sum(1)
-    torch.testing.assert_close(BernoulliLikelihood(3).log_prob(xb, params[:, :1]), ref)
+    torch.testing.assert_close(BernoulliLikelihood(EventSpace(3)).log_prob(xb, params[:, :1]), ref)
 
 
 @pytest.mark.parametrize("low", [0.0, -1.0])
 def test_discretized_logistic_masses_sum_to_one(low):
     levels = 16
-    lik = DiscretizedLogisticLikelihood(event_dims=1, num_levels=levels, low=low, high=1.0)
+    lik = DiscretizedLogisticLikelihood(EventSpace(1, low=low, high=1.0, num_levels=levels))
     width = (1.0 - low) / levels
     centres = low + (torch.arange(levels) + 0.5) * width  # one input per bin
     for mean, log_scale in [(0.3, -2.0), (0.9, -6.0), (low, 0.5)]:

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from support.parts import mlp_parts
 
 from gmlab.metrics.iwae import iwae_bound
 from gmlab.models.vae import VAE
@@ -31,7 +32,7 @@ def linear_gaussian_vae(offset: float = 0.7) -> tuple[VAE, torch.Tensor, torch.T
     The encoder is the exact posterior mean with a deliberately wrong (diagonal, widened)
     variance, so the ELBO is loose and only the IWAE bound can close the gap."""
     torch.manual_seed(0)
-    vae = VAE(data_shape=(3,), latent_dim=2, hidden=[], likelihood="gaussian_fixed")
+    vae = VAE(data_shape=(3,), latent_dim=2, **mlp_parts([]))
     w = torch.tensor([[1.5, -0.5], [0.3, 2.0], [-1.0, 0.8]])
     b = torch.tensor([0.5, -1.0, 2.0])
     cov_post = torch.linalg.inv(torch.eye(2) + w.T @ w)
@@ -68,7 +69,7 @@ def toy_model() -> tuple[VAE, torch.Tensor]:
     torch.manual_seed(0)
     t = torch.rand(512) * 2 * math.pi
     data = 3 * torch.stack([t.cos(), t.sin()], 1) + 0.2 * torch.randn(512, 2)
-    vae = VAE(data_shape=(2,), latent_dim=2, hidden=[32, 32], likelihood="gaussian_fixed")
+    vae = VAE(data_shape=(2,), latent_dim=2, **mlp_parts([32, 32]))
     opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
     for _ in range(200):
         opt.zero_grad()

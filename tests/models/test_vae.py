@@ -5,9 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from support.parts import mlp_parts, part
 from support.trainer import quiet_trainer
 
 from gmlab.data import DigitsDataModule
+from gmlab.distributions.priors import NormalPrior
+from gmlab.errors import ConfigError
 from gmlab.models.vae import VAE
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -16,26 +19,30 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def digits_vae(**kw) -> VAE:
+def digits_vae(prior: str = "normal", prior_options: dict | None = None, **kw) -> VAE:
     args = dict(
         data_shape=(1, 8, 8),
         preprocess={"binarize": "dynamic"},
         latent_dim=8,
-        hidden=[64],
-        likelihood="bernoulli",
-        lr=3e-3,
+        **mlp_parts([64]),
+        likelihood=part("likelihood", "bernoulli"),
+        prior=part("prior", prior, **(prior_options or {})),
+        optimizer=part("optimizer", "adam", lr=3e-3),
         eval={"iwae_k": 20},
     )
     return VAE(**{**args, **kw})
 
 
-@pytest.mark.parametrize("prior", ["normal", "mog"])
-def test_short_training_lowers_the_loss_and_test_logs_both_bounds(prior):
+@pytest.mark.parametrize(
+    ("prior", "options"),
+    [("normal", {}), ("mog", {"n_components": 20}), ("vamp", {"n_components": 20})],
+)
+def test_short_training_lowers_the_loss_and_test_logs_both_bounds(prior, options):
     torch.manual_seed(0)
     dm = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
     dm.setup()
     x_val = dm.tensors("val")[0]
-    model = digits_vae(prior=prior, n_components=20)
+    model = digits_vae(prior, options)
 
     def val_elbo():
         torch.manual_seed(1)
@@ -71,11 +78,10 @@ def test_conv_vlae_trains_samples_and_draws_figures():
         data_shape=(3, 32, 32),
         preprocess={"scale": "symmetric"},
         latent_dim=4,
-        architecture="conv",
-        channels=[4, 8, 8, 16],
-        prior="made",
-        made_hidden=[16],
-        likelihood="discretized_logistic",
+        encoder=part("encoder", "conv", channels=[4, 8, 8, 16]),
+        decoder=part("decoder", "conv", channels=[4, 8, 8, 16], channels_last=True),
+        prior=part("prior", "made", hidden=[16]),
+        likelihood=part("likelihood", "discretized_logistic"),
     )
     x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     loss = model.training_step((x, torch.zeros(6)), 0)
@@ -92,7 +98,9 @@ def test_conv_vlae_trains_samples_and_draws_figures():
 
 
 def test_two_d_figures_are_scatter_images():
-    model = VAE(data_shape=(2,), latent_dim=2, hidden=[8], likelihood="gaussian")
+    model = VAE(
+        data_shape=(2,), latent_dim=2, **mlp_parts([8]), likelihood=part("likelihood", "gaussian")
+    )
     with torch.no_grad():
         figs = model.figures(torch.randn(50, 2))
     img = figs["scatter"]
@@ -102,21 +110,23 @@ def test_two_d_figures_are_scatter_images():
 
 def test_mixture_kl_modes_agree_for_one_component_and_bad_configs_fail():
     torch.manual_seed(0)
-    model = digits_vae(prior="mog", n_components=1, kl="approx")
+    model = digits_vae("mog", {"n_components": 1}, kl="approx")
     with torch.no_grad():
         model.prior.means.zero_()
         model.prior.logvars.zero_()
     mu, logvar = torch.randn(4, 8), torch.randn(4, 8)
     z = mu + (0.5 * logvar).exp() * torch.randn(4, 8)
     approx = model.kl_term(z, mu, logvar, "approx")
-    analytic = model.kl_term(z, mu, logvar, "analytic").sum(-1)
+    analytic = NormalPrior(8).analytic_kl(mu, logvar).sum(-1)  # the one component: N(0, I)
     torch.testing.assert_close(approx, analytic, atol=1e-4, rtol=1e-5)
-    with pytest.raises(ValueError, match="needs prior=mog"):
+    with pytest.raises(ConfigError, match="model.kl=approx: NormalPrior has no KL approx"):
         digits_vae(kl="approx")
-    with pytest.raises(ValueError, match="needs prior=normal"):
-        digits_vae(prior="made", kl="analytic")
-    with pytest.raises(ValueError, match="32, 32"):
-        digits_vae(architecture="conv")
+    with pytest.raises(ConfigError, match="model.kl=analytic: FlowPrior has no analytic KL"):
+        digits_vae("made", {"hidden": [8]}, kl="analytic")
+    with pytest.raises(ConfigError, match="model.kl must be one of"):
+        digits_vae(kl="exact")
+    with pytest.raises(ConfigError, match=r"model.encoder .*side 8 is not divisible by 2\^4"):
+        digits_vae(encoder=part("encoder", "conv", channels=[2, 2, 2, 2, 2]))
 
 
 def test_free_bits_and_warm_up_shape_the_kl_penalty():
@@ -158,7 +168,7 @@ def test_experiment_presets_compose_and_build(name):
         assert torch.isfinite(model.elbo(x)).all()
     if "mnist" in name:
         assert model.preprocess.binarize == "dynamic" and cfg.data.batch_size == 200
-        assert (model.latent_dim, model.hparams.hidden) == (10, [400])
+        assert (model.latent_dim, model.hparams.encoder["hidden"]) == (10, [400])
     if name == "vae_mog_mnist":
         assert model.prior.n_components == 1000
 
@@ -173,8 +183,8 @@ def test_discretized_logistic_bins_follow_the_data_levels(scale):
         (1, 1, 1),
         {"num_levels": 17, "scale": scale},
         latent_dim=2,
-        hidden=[4],
-        likelihood="discretized_logistic",
+        **mlp_parts([4]),
+        likelihood=part("likelihood", "discretized_logistic"),
     )
     levels = torch.arange(17, dtype=torch.uint8).view(17, 1, 1, 1)
     x = model.preprocess.to_model_space(levels)  # bin centres in model space

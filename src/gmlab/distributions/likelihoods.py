@@ -1,16 +1,10 @@
-"""Decoder likelihoods p(x | z) of the VAE family.
+"""Decoder likelihoods p(x | z) of the VAE family (and the VQ-VAE's decoder).
 
 Each takes decoder outputs `params` of shape [..., P, *event_shape] (P = `num_params`)
 and model-space data x of shape [..., *event_shape] (broadcasting over leading dims) and
 returns log p(x | z) summed over the event: a density in model space (continuous data), or
 a log-pmf (`BernoulliLikelihood` on binarized data). Adding the preprocessor's log-det
-turns a model-space density into the unit-cube density of the shared bits/dim convention.
-
-- `BernoulliLikelihood`: logits (binarized MNIST).
-- `GaussianLikelihood(learn_variance=True)`: mean and log-variance per dimension (2-D toy
-  data); `learn_variance=False`: N(mean, std^2 I) with a fixed std (1.0: the seed's image VAE).
-- `DiscretizedLogisticLikelihood`: mass of each of the `num_levels` pixel bins under a
-  logistic (PixelCNN++ style edges), divided by the bin width to give a model-space density.
+turns a model-space density into the unit-cube density of the bits/dim convention.
 """
 
 from __future__ import annotations
@@ -22,17 +16,41 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmlab.distributions.normal import LOG_2PI
-from gmlab.errors import ConfigError
+
+
+class EventSpace:
+    """What a likelihood knows of the data, supplied by the model (a plain object, so that
+    Hydra hands it over as it is).
+
+    Attributes:
+        event_dims: trailing dims of one sample (1 for points, 3 for images).
+        low, high: the model-space range of the data.
+        num_levels: pixel levels of the raw data (bins of the discretized logistic).
+    """
+
+    def __init__(
+        self, event_dims: int, low: float = 0.0, high: float = 1.0, num_levels: int = 256
+    ) -> None:
+        self.event_dims = int(event_dims)
+        self.low, self.high = float(low), float(high)
+        self.num_levels = int(num_levels)
+
+    def __repr__(self) -> str:
+        return (
+            f"EventSpace(event_dims={self.event_dims}, low={self.low}, high={self.high}, "
+            f"num_levels={self.num_levels})"
+        )
 
 
 class Likelihood(nn.Module):
-    """Base class. `event_dims`: how many trailing dims one sample has (1 or 3)."""
+    """Base class, built with the model's `EventSpace` (`space`)."""
 
     num_params: int = 1
 
-    def __init__(self, event_dims: int) -> None:
+    def __init__(self, space: EventSpace) -> None:
         super().__init__()
-        self.event_dims = int(event_dims)
+        self.space = space
+        self.event_dims = int(space.event_dims)
 
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
         return t.sum(tuple(range(-self.event_dims, 0)))
@@ -67,10 +85,11 @@ class BernoulliLikelihood(Likelihood):
 
 
 class GaussianLikelihood(Likelihood):
-    """Diagonal Gaussian: learned log-variance per dimension, or a fixed std.
+    """Diagonal Gaussian: learned log-variance per dimension, or N(mean, std^2 I) with a
+    fixed std.
 
     Args:
-        event_dims: trailing dims of one sample.
+        space: the model's `EventSpace`.
         learn_variance: decoder outputs (mean, log-variance); else only the mean.
         std: the fixed standard deviation when `learn_variance` is False.
         min_logvar: floor of the learned log-variance.
@@ -78,12 +97,12 @@ class GaussianLikelihood(Likelihood):
 
     def __init__(
         self,
-        event_dims: int,
+        space: EventSpace,
         learn_variance: bool = True,
         std: float = 1.0,
         min_logvar: float = -10.0,
     ) -> None:
-        super().__init__(event_dims)
+        super().__init__(space)
         self.learn_variance = bool(learn_variance)
         self.num_params = 2 if self.learn_variance else 1
         self.std = float(std)
@@ -114,7 +133,8 @@ class GaussianLikelihood(Likelihood):
 
 
 class DiscretizedLogisticLikelihood(Likelihood):
-    """Logistic mass over `num_levels` equal bins of [low, high], as a model-space density.
+    """Logistic mass over the space's `num_levels` equal bins of its [low, high] (PixelCNN++
+    style edges), as a model-space density.
 
     A continuous (dequantized) input falls in bin floor((x - low) / width); the first and
     last bins take the tails. log p(x) = log P(bin) - log(width), so with the
@@ -123,17 +143,10 @@ class DiscretizedLogisticLikelihood(Likelihood):
 
     num_params = 2
 
-    def __init__(
-        self,
-        event_dims: int,
-        num_levels: int = 256,
-        low: float = 0.0,
-        high: float = 1.0,
-        min_log_scale: float = -7.0,
-    ) -> None:
-        super().__init__(event_dims)
-        self.num_levels = int(num_levels)
-        self.low, self.high = float(low), float(high)
+    def __init__(self, space: EventSpace, min_log_scale: float = -7.0) -> None:
+        super().__init__(space)
+        self.num_levels = int(space.num_levels)
+        self.low, self.high = float(space.low), float(space.high)
         self.width = (self.high - self.low) / self.num_levels
         self.min_log_scale = float(min_log_scale)
 
@@ -173,24 +186,3 @@ class DiscretizedLogisticLikelihood(Likelihood):
         u = torch.rand_like(mean).clamp(1e-5, 1 - 1e-5)
         x = mean + raw.clamp_min(self.min_log_scale).exp() * (torch.log(u) - torch.log1p(-u))
         return x.clamp(self.low, self.high)
-
-
-def build_likelihood(
-    name: str, event_dims: int, scale: str = "unit", num_levels: int = 256, **kwargs
-) -> Likelihood:
-    """A likelihood by config name: bernoulli, gaussian (learned variance), gaussian_fixed,
-    discretized_logistic (`num_levels` bins over [0,1] or [-1,1] by the preprocessor's
-    `scale`)."""
-    if name == "bernoulli":
-        return BernoulliLikelihood(event_dims)
-    if name == "gaussian":
-        return GaussianLikelihood(event_dims, learn_variance=True, **kwargs)
-    if name == "gaussian_fixed":
-        return GaussianLikelihood(event_dims, learn_variance=False, **kwargs)
-    if name == "discretized_logistic":
-        low = -1.0 if scale == "symmetric" else 0.0
-        return DiscretizedLogisticLikelihood(event_dims, num_levels, low=low, high=1.0, **kwargs)
-    raise ConfigError(
-        f"unknown likelihood {name!r}; choose bernoulli, gaussian, gaussian_fixed or "
-        "discretized_logistic"
-    )

@@ -17,9 +17,10 @@ import torch
 import torchvision
 
 from gmlab.data.preprocess import Preprocessor
-from gmlab.distributions.likelihoods import Likelihood, build_likelihood
+from gmlab.distributions.likelihoods import EventSpace, Likelihood
 from gmlab.errors import ConfigError, NonFiniteError, ShapeError
 from gmlab.metrics.bpd import bits_per_dim, nats_to_bits
+from gmlab.models.legacy import likelihood_spec
 from gmlab.models.parts import build_part
 from gmlab.utils.lr_schedule import wsd_factor
 from gmlab.utils.metric_kinds import BY_NAME, kind, stage_kinds
@@ -237,15 +238,13 @@ class GenerativeModel(GmlabModule):
         """[B, *data_shape] reconstructions in pixel range (mask: True = observed)."""
         raise NotImplementedError
 
-    def build_likelihood(self, name: str) -> Likelihood:
-        """The decoder likelihood `name` over one sample, matched to the preprocessing (the
-        model-space range for the discretized logistic's bins, and their number)."""
-        return build_likelihood(
-            name,
-            len(self.data_shape),
-            scale=self.preprocess.scale,
-            num_levels=self.preprocess.num_levels or 256,
-        )
+    def build_likelihood(self, spec) -> Likelihood:
+        """The decoder likelihood from its part dict (`conf/model/likelihood/`; an old
+        checkpoint's name is converted), given the data's `EventSpace`: the model-space range
+        and the number of levels (the discretized logistic's bins)."""
+        low = -1.0 if self.preprocess.scale == "symmetric" else 0.0
+        space = EventSpace(len(self.data_shape), low, 1.0, self.preprocess.num_levels or 256)
+        return build_part(likelihood_spec(spec), "likelihood", space=space)
 
     def bits_per_dim(self, x_raw: torch.Tensor) -> torch.Tensor:
         """[B] bits/dim on the shared convention (log-pmf -> bits for binarized data)."""

@@ -1,44 +1,22 @@
-"""The VAE family: one LightningModule with pluggable encoder/decoder, likelihood and prior.
+"""The VAE family: one LightningModule whose encoder, decoder, likelihood and prior are parts.
 
-    log p(x) >= ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)),   q(z|x) = N(mu(x), diag var(x))
-
-Parts, chosen by config:
-  - `architecture`: "mlp" (flattened input, `hidden` sizes, decoder mirrored) or "conv"
-    (`gmlab.nn.conv_autoencoder`, 32x32 images);
-  - `likelihood`: bernoulli | gaussian (learned variance) | gaussian_fixed | discretized_logistic
-    (`gmlab.distributions.likelihoods`);
-  - `prior`: normal | mog (K learned components) | made (VLAE autoregressive-flow prior)
-    (`gmlab.distributions.priors`).
-
-Training minimizes the negative ELBO (nats per sample) with optional KL warm-up (the KL
-weight rises linearly from 0 to 1 over `kl_warmup_steps`) and free bits (`free_bits` nats
-per latent dimension, batch-averaged, as in Kingma et al. 2016). The KL term is
-  - "analytic" (normal prior only),
-  - "mc": log q(z|x) - log p(z) at the reconstruction's sample (exact mixture/flow density),
-  - "approx" (mog only): Rui Shu's -log sum_j pi_j exp(-KL(q || p_j));
-  "auto" picks analytic for the normal prior and mc otherwise. Reported ELBOs (validation,
-  test) always use the analytic or Monte Carlo KL, so they are true (stochastic) bounds.
-
-Evaluation: validation logs the ELBO (`val/elbo`, `val/recon`, `val/kl`, `val/nll`,
-`val/bpd` = the ELBO's, `val/active_units`); test logs the ELBO's and the importance-
-weighted bound's figures with `eval.iwae_k` samples (`test/nll_iwae`, `test/bpd_iwae`;
-`test/nll` and `test/bpd` are the IWAE bound's too). Binarized data give log-pmfs (NLL in
-nats); dequantized images give unit-cube densities through the preprocessor's log-det.
+log p(x) >= ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)),   q(z|x) = N(mu(x), diag var(x))
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from gmlab.distributions.normal import diag_normal_log_prob
-from gmlab.distributions.priors import MixturePrior, NormalPrior, build_prior
+from gmlab.distributions.priors import EncoderAccess
 from gmlab.errors import ConfigError
 from gmlab.metrics.iwae import iwae_bound
-from gmlab.models.base import GenerativeModel, image_grid
-from gmlab.nn.conv_autoencoder import ConvDecoder, ConvEncoder
-from gmlab.nn.mlp import MLP
+from gmlab.models.base import GenerativeModel, flat_optimizer_hparams, image_grid
+from gmlab.models.legacy import vae_hparams
+from gmlab.models.parts import build_part
+from gmlab.plotting import scatter_image
 
 KL_MODES = ("auto", "analytic", "mc", "approx")
 
@@ -46,114 +24,121 @@ KL_MODES = ("auto", "analytic", "mc", "approx")
 class VAE(GenerativeModel):
     """Variational autoencoder with a diagonal Gaussian posterior.
 
+    The parts are config dicts (`_target_` + options, the groups under `conf/model/`),
+    built here with what only the model knows:
+      - `encoder(input_shape=data_shape, out_features=2 * latent_dim)`: x -> (mu, logvar);
+      - `decoder(in_features=latent_dim, output_shape=(P, *data_shape))`: z -> the
+        likelihood's P parameters per dimension;
+      - `likelihood(space=EventSpace)` (`gmlab.distributions.likelihoods`);
+      - `prior(dim=latent_dim)`, then `prior.attach(EncoderAccess)` so that a prior may use
+        the encoder (`gmlab.distributions.priors.Prior`).
+
+    Training minimizes the negative ELBO (nats per sample) with an optional KL warm-up (the
+    weight rises linearly from 0 to 1 over `kl_warmup_steps`) and free bits (`free_bits`
+    nats per latent dimension, batch-averaged; Kingma et al. 2016). The KL term (`kl`) is
+      - "analytic": closed form (priors with `has_analytic_kl`),
+      - "mc": log q(z|x) - log p(z) at the reconstruction's sample (any prior),
+      - "approx": the prior's approximation (`has_approx_kl`, the MoG's
+        -log sum_j pi_j exp(-KL(q || p_j))),
+      - "auto": analytic where the prior has it, else mc.
+    Reported ELBOs (validation, test) use the analytic or Monte Carlo KL, so they are
+    (stochastic) bounds; the test step also logs the importance-weighted bound with
+    `eval.iwae_k` samples (`test/nll`, `test/bpd` are the IWAE bound's).
+
     Args:
         data_shape: shape of one sample: (2,) for toy data, (C, H, W) for images.
         preprocess: `gmlab.data.Preprocessor` options (binarize="dynamic" for MNIST).
         latent_dim: size of z.
-        architecture: "mlp" or "conv".
-        hidden: hidden sizes of the MLP encoder (the decoder uses them reversed).
-        activation: MLP activation (relu, tanh, elu, gelu).
-        channels: conv channels, 32x32 -> 4x4.
-        likelihood: bernoulli, gaussian, gaussian_fixed or discretized_logistic.
-        prior: normal, mog or made.
-        n_components: K of the mog prior.
-        learn_weights: learn the mog mixture weights (else uniform).
-        made_hidden: hidden sizes of the MADE of the made prior.
-        kl: auto, analytic, mc or approx (see module docstring).
+        encoder, decoder, likelihood, prior: part dicts (default: MLPs with 400 hidden
+            units, a unit-variance Gaussian likelihood, N(0, I)).
+        kl: auto, analytic, mc or approx.
         kl_warmup_steps: optimizer steps over which the KL weight rises 0 -> 1 (0: off).
         free_bits: nats per latent dimension below which the KL is not penalized (0: off).
-        lr: Adam learning rate.
-        lr_schedule: `WarmupStableDecay` options (warmup_steps, decay_start, decay_steps,
-            min_factor): the lr at optimizer step t is lr * factor(t)
-            (`GmlabModule.use_lr_schedule`). Empty/null: constant lr.
-        channels_last: conv models run in the channels-last memory format (faster on CPU).
+        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; default:
+            Adam with lr 1e-3, constant lr).
         eval: {"iwae_k": importance samples at test time, "iwae_batch": max decoder rows
             per chunk, "val_iwae_k": IWAE samples at validation (0: ELBO only)}.
     """
+
+    checkpoint_version = 1  # 0: flat options named the parts
 
     def __init__(
         self,
         data_shape: Sequence[int],
         preprocess: dict | None = None,
         latent_dim: int = 16,
-        architecture: str = "mlp",
-        hidden: Sequence[int] = (400,),
-        activation: str = "relu",
-        channels: Sequence[int] = (32, 64, 128, 256),
-        likelihood: str = "gaussian_fixed",
-        prior: str = "normal",
-        n_components: int = 1000,
-        learn_weights: bool = False,
-        made_hidden: Sequence[int] = (512, 512),
+        encoder: Mapping | None = None,
+        decoder: Mapping | None = None,
+        likelihood: Mapping | None = None,
+        prior: Mapping | None = None,
         kl: str = "auto",
         kl_warmup_steps: int = 0,
         free_bits: float = 0.0,
-        lr: float = 1e-3,
-        lr_schedule: dict | None = None,
-        channels_last: bool = True,
+        optimizer: Mapping | None = None,
+        lr_scheduler: Mapping | None = None,
         eval: dict | None = None,  # noqa: A002 (config key)
     ) -> None:
         super().__init__(data_shape, preprocess)
+        encoder = encoder or {"_target_": "gmlab.nn.mlp.MLPEncoder"}
+        decoder = decoder or {"_target_": "gmlab.nn.mlp.MLPDecoder"}
+        likelihood = likelihood or {
+            "_target_": "gmlab.distributions.likelihoods.GaussianLikelihood",
+            "learn_variance": False,
+        }
+        prior = prior or {"_target_": "gmlab.distributions.priors.NormalPrior"}
+        optimizer = optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-3}
         self.save_hyperparameters()
-        if kl not in KL_MODES:
-            raise ConfigError(f"model.kl must be one of {KL_MODES}, got {kl!r}")
-        if kl == "analytic" and prior != "normal":
-            raise ConfigError("model.kl=analytic needs prior=normal; use mc or approx (mog)")
-        if kl == "approx" and prior != "mog":
-            raise ConfigError("model.kl=approx is the mixture-prior approximation: needs prior=mog")
-        self.kl_mode = ("analytic" if prior == "normal" else "mc") if kl == "auto" else kl
         self.latent_dim = int(latent_dim)
         self.eval_cfg = {"iwae_k": 1000, "iwae_batch": 8192, "val_iwae_k": 0, **(eval or {})}
         self.likelihood = self.build_likelihood(likelihood)
-        p = self.likelihood.num_params
-        if architecture == "mlp":
-            self.encoder = MLP(self.num_dims, hidden, 2 * self.latent_dim, activation)
-            self.decoder = MLP(
-                self.latent_dim,
-                list(reversed(hidden)),
-                p * self.num_dims,
-                activation,
-                out_shape=(p, *self.data_shape),
-            )
-        elif architecture == "conv":
-            if not self.is_image or self.data_shape[1:] != (32, 32):
-                raise ConfigError(
-                    f"architecture=conv is built for [C, 32, 32] images, got {self.data_shape}"
-                )
-            c = self.data_shape[0]
-            self.encoder = ConvEncoder(c, 2 * self.latent_dim, channels)
-            self.decoder = ConvDecoder(self.latent_dim, p * c, channels)
-        else:
-            raise ConfigError(f"model.architecture must be mlp or conv, got {architecture!r}")
-        self.conv = architecture == "conv"
-        if self.conv and channels_last:
-            self.encoder.to(memory_format=torch.channels_last)
-            self.decoder.to(memory_format=torch.channels_last)
-        self.prior = build_prior(prior, self.latent_dim, n_components, learn_weights, made_hidden)
-        self.use_lr_schedule(lr_schedule)
+        self.encoder = build_part(
+            encoder, "encoder", input_shape=self.data_shape, out_features=2 * self.latent_dim
+        )
+        self.decoder = build_part(
+            decoder, "decoder", in_features=self.latent_dim, output_shape=self.decode_shape
+        )
+        self.prior = build_part(prior, "prior", dim=self.latent_dim)
+        low = -1.0 if self.preprocess.scale == "symmetric" else 0.0
+        self.prior.attach(EncoderAccess(self.encode, self.data_shape, low, 1.0))
+        self.kl_mode = self._check_kl_mode(kl)
         self._val_means: list[torch.Tensor] = []
+
+    def _check_kl_mode(self, kl: str) -> str:
+        """The training KL mode: `kl`, checked against what the prior offers."""
+        name = type(self.prior).__name__
+        if kl not in KL_MODES:
+            raise ConfigError(f"model.kl must be one of {KL_MODES}, got {kl!r}")
+        if kl == "analytic" and not self.prior.has_analytic_kl:
+            raise ConfigError(f"model.kl=analytic: {name} has no analytic KL; use mc")
+        if kl == "approx" and not self.prior.has_approx_kl:
+            raise ConfigError(f"model.kl=approx: {name} has no KL approximation; use mc")
+        return self.eval_kl_mode if kl == "auto" else kl
+
+    @classmethod
+    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
+        """Version 0 (flat options: `architecture`, `hidden`, `prior: mog`, `lr`, ...) ->
+        part dicts (`gmlab.models.legacy.vae_hparams`, `flat_optimizer_hparams`)."""
+        if version < 1:
+            hparams = flat_optimizer_hparams(vae_hparams(hparams))
+        return hparams
 
     # ------------------------------------------------------------------ parts
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Model-space x [B, *data_shape] -> posterior (mu, logvar), each [B, latent_dim]."""
-        if self.conv and self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [N, latent_dim] -> likelihood parameters [N, P, *data_shape]."""
-        out = self.decoder(z)
-        return out.reshape(z.shape[0], self.likelihood.num_params, *self.data_shape)
+        return self.decoder(z).reshape(z.shape[0], *self.decode_shape)
 
     def kl_term(
         self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, mode: str
     ) -> torch.Tensor:
         """KL(q || p) estimate: [B, latent_dim] per dimension (analytic) or [B] (mc, approx)."""
         if mode == "analytic":
-            return NormalPrior.kl(mu, logvar)
+            return self.prior.analytic_kl(mu, logvar)
         if mode == "approx":
-            assert isinstance(self.prior, MixturePrior)
             return self.prior.approx_kl(mu, logvar)
         return diag_normal_log_prob(z, mu, logvar) - self.prior.log_prob(z)
 
@@ -167,8 +152,8 @@ class VAE(GenerativeModel):
 
     @property
     def eval_kl_mode(self) -> str:
-        """The KL used for reported ELBOs: analytic for the normal prior, else Monte Carlo."""
-        return "analytic" if isinstance(self.prior, NormalPrior) else "mc"
+        """The KL used for reported ELBOs: analytic where the prior has it, else Monte Carlo."""
+        return "analytic" if self.prior.has_analytic_kl else "mc"
 
     def kl_weight(self, step: int) -> float:
         """The KL weight at optimizer step `step`: linear warm-up from 0 to 1."""
@@ -198,15 +183,18 @@ class VAE(GenerativeModel):
         self.log("train/kl", kl_sample.mean(), batch_size=bs)
         return loss
 
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
     # ------------------------------------------------------------------ bounds
     def elbo(self, x_raw: torch.Tensor) -> torch.Tensor:
         """[B] one-sample ELBO of the raw batch (nats; unit-cube density or log-pmf)."""
+        return self.elbo_report(x_raw)["elbo"]
+
+    def elbo_report(self, x_raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The one-sample ELBO of the raw batch with the reporting KL and its pieces:
+        {"elbo", "recon", "kl"} [B] each, and the posterior means "mu" [B, latent_dim]."""
         x, log_det = self.prepare(x_raw)
         t = self.elbo_terms(x, self.eval_kl_mode)
-        return t["recon"] - _per_sample(t["kl"]) + log_det
+        kl = _per_sample(t["kl"])
+        return {"elbo": t["recon"] - kl + log_det, "recon": t["recon"], "kl": kl, "mu": t["mu"]}
 
     def log_weights(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """[n, B] log p(x, z_i) - log q(z_i | x) of n posterior samples, model-space x."""
@@ -224,6 +212,7 @@ class VAE(GenerativeModel):
 
     @property
     def decode_shape(self) -> tuple[int, ...]:
+        """(P, *data_shape): the decoder's output per sample."""
         return (self.likelihood.num_params, *self.data_shape)
 
     def iwae_bound(self, x_raw: torch.Tensor, k: int | None = None) -> torch.Tensor:
@@ -243,16 +232,14 @@ class VAE(GenerativeModel):
 
     # -------------------------------------------------------------- evaluation
     def _log_elbo(self, x_raw: torch.Tensor, stage: str, batch_idx: int) -> torch.Tensor:
-        x, log_det = self.prepare(x_raw)
-        t = self.elbo_terms(x, self.eval_kl_mode)
-        kl = _per_sample(t["kl"])
-        elbo = t["recon"] - kl + log_det
+        t = self.elbo_report(x_raw)
+        elbo = t["elbo"]
         self.check_finite(elbo, f"{stage}/elbo", batch_idx)
-        bs = x.shape[0]
+        bs = elbo.shape[0]
         log = {
             f"{stage}/elbo": elbo.mean(),
             f"{stage}/recon": t["recon"].mean(),
-            f"{stage}/kl": kl.mean(),
+            f"{stage}/kl": t["kl"].mean(),
             f"{stage}/bpd_elbo": self.to_bits(elbo).mean(),
         }
         self.log_dict(log, batch_size=bs, sync_dist=True)
@@ -366,28 +353,3 @@ def active_units(means: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
     """Number of latent dims whose posterior mean varies across data: Var_x E_q[z_d] > 0.01
     (Burda et al. 2016)."""
     return (means.float().var(0) > threshold).sum().float()
-
-
-def scatter_image(panels: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Side-by-side matplotlib scatter plots (shared limits) as a [3, H, W] image in [0, 1]."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    ref = panels[next(iter(panels))].detach().numpy()
-    lo, hi = np.percentile(ref, 0.5, axis=0), np.percentile(ref, 99.5, axis=0)
-    pad = 0.15 * (hi - lo)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), dpi=80)
-    for ax, (title, pts) in zip(np.atleast_1d(axes), panels.items(), strict=True):
-        pts = pts.detach().numpy()
-        ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5)
-        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba(), dtype=np.float32) / 255.0
-    plt.close(fig)
-    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).contiguous()

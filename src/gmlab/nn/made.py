@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gmlab.nn.flows.base import Flow
+
 
 class MaskedLinear(nn.Linear):
     """A linear layer whose weight is multiplied by a fixed 0/1 mask [out, in]."""
@@ -58,8 +60,11 @@ class MADE(nn.Module):
         return self.net(x).view(x.shape[0], self.num_outputs, self.in_features)
 
 
-class MADEFlow(nn.Module):
-    """eps = z * exp(s(z)) + mu(z) with a MADE for (mu, s); starts as the identity."""
+class MADEFlow(Flow):
+    """eps = z * exp(s(z)) + mu(z) with a MADE for (mu, s); starts as the identity.
+
+    `forward` is the normalizing direction z -> eps, `inverse` the generative one
+    (the `gmlab.nn.flows` protocol)."""
 
     def __init__(self, dim: int, hidden: Sequence[int] = (512, 512)) -> None:
         super().__init__()

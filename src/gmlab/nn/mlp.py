@@ -1,4 +1,4 @@
-"""Plain multilayer perceptrons: the encoders/decoders of the 2-D and MNIST VAEs."""
+"""Plain multilayer perceptrons, and the MLP encoder/decoder of the 2-D and MNIST VAEs."""
 
 from __future__ import annotations
 
@@ -8,15 +8,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gmlab.errors import ConfigError
-
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 
 
 def activation(name: str) -> nn.Module:
     """A fresh activation module by name (relu, tanh, elu, gelu)."""
     if name not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
@@ -54,3 +52,30 @@ class MLP(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, ...] (flattened to [B, in_features]) -> [B, *out_shape]."""
         return super().forward(x.flatten(1)).view(x.shape[0], *self.out_shape)
+
+
+class MLPEncoder(MLP):
+    """[B, *input_shape] (flattened) -> [B, out_features] through `hidden` layers."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        out_features: int,
+        hidden: Sequence[int] = (400,),
+        activation: str = "relu",
+    ) -> None:
+        super().__init__(math.prod(input_shape), hidden, out_features, activation)
+
+
+class MLPDecoder(MLP):
+    """[B, in_features] -> [B, *output_shape] through `hidden` layers (in this order)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        output_shape: Sequence[int],
+        hidden: Sequence[int] = (400,),
+        activation: str = "relu",
+    ) -> None:
+        out = math.prod(output_shape)
+        super().__init__(in_features, hidden, out, activation, out_shape=output_shape)
