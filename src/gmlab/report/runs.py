@@ -175,7 +175,7 @@ def _read_metrics(run: Run, file: Path) -> None:
 
 def _status(run: Run, stale_after_s: float, now: float) -> str:
     status = run.record.get("status")
-    if status == "failed":
+    if status in ("failed", "skipped"):
         error = run.record.get("error") or {}
         if isinstance(error, dict) and error:
             run.problem = f"{error.get('type', 'error')}: {error.get('message', '')}".strip()

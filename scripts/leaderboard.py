@@ -1,0 +1,155 @@
+"""The MNIST leaderboard: every density family on dequantized MNIST, CPU-sized, in test
+bits/dim on the shared convention, gathered into one table by gmlab-report.
+
+usage: GMLAB_DATA=/path/with/MNIST python scripts/leaderboard.py [--out DIR] [--only a,b]
+       LEADERBOARD_SMOKE=1 GMLAB_DATA=... python scripts/leaderboard.py   # pipeline check only
+
+Each family is a multirun `gmlab-train -m experiment=<name>_mnist_board seed=...` into
+<out>/<name>: a failed job is recorded and the others go on, and running the same command
+again skips the finished jobs and resumes the others from their own last.ckpt. The VQ-VAE's
+stage 2 (vqvae_pixelcnn_mnist_board) runs per seed on that seed's stage-1 checkpoint; when
+stage 1 of a seed failed, its stage 2 is recorded as skipped. Then `gmlab-report <out>` writes
+<out>/report/report.md, report.csv and the val/bpd curves. Exit status 1 when a run failed.
+LEADERBOARD_SMOKE=1 cuts every run to a few batches (`debug=limit`, 2 seeds, IWAE k=2)
+into outputs/leaderboard_smoke: it checks the commands, not the models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# (preset suffix, seeds): three seeds where a run costs under 10 CPU minutes
+BOARD = (
+    ("gaussian", 3),
+    ("mfa", 3),
+    ("mppca", 3),
+    ("vae", 3),
+    ("vae_mog", 3),
+    ("vae_made", 3),
+    ("vqvae", 3),
+    ("vqvae_pixelcnn", 3),
+    ("realnvp", 1),
+)
+QUIET = ["~callbacks.progress_bar", "~callbacks.model_summary"]  # runs log to files
+SMOKE = {
+    "*": ["debug=limit"],
+    "vae": ["model.eval.iwae_k=2"],
+    "vae_mog": ["model.eval.iwae_k=2"],
+    "vae_made": ["model.eval.iwae_k=2"],
+}
+
+
+def train(args: list[str]) -> int:
+    """`gmlab-train args...` in this interpreter's environment; its exit status."""
+    cmd = [sys.executable, "-m", "gmlab.train", *args]
+    print("+ gmlab-train " + " ".join(args), flush=True)
+    return subprocess.run(cmd, cwd=ROOT).returncode
+
+
+def extra(name: str, smoke: bool) -> list[str]:
+    return [*QUIET, *SMOKE["*"], *SMOKE.get(name, [])] if smoke else QUIET
+
+
+def seeds_of(count: int, smoke: bool) -> list[int]:
+    return list(range(1, (min(count, 2) if smoke else count) + 1))
+
+
+def finished_job(sweep: Path, seed: int) -> Path | None:
+    """The folder of the finished job with `seed=<seed>` in a sweep dir, or None."""
+    for folder in sorted(p for p in sweep.glob("*") if p.is_dir()):
+        try:
+            record = json.loads((folder / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("status") == "finished" and f"seed={seed}" in record.get("overrides", []):
+            return folder
+    return None
+
+
+def stage1_checkpoint(folder: Path | None) -> Path | None:
+    if folder is None:
+        return None
+    best = sorted((folder / "checkpoints").glob("best-*.ckpt"))
+    last = folder / "checkpoints" / "last.ckpt"
+    return best[-1] if best else (last if last.is_file() else None)
+
+
+def record_skipped(sweep: Path, seed: int, overrides: list[str], why: str) -> None:
+    """A stage-2 job folder with run.json status `skipped` and the config the job would have
+    run with (Hydra's .hydra/ files), so that gmlab-report shows it in its group."""
+    folder = sweep / f"skipped-seed{seed}"
+    (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+    composed = subprocess.run(
+        [sys.executable, "-m", "gmlab.train", *overrides, "--cfg", "all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if composed.returncode == 0:
+        config = yaml.safe_load(composed.stdout)
+        hydra = {"hydra": config.pop("hydra")}
+        (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    record = {"schema": 1, "task": "train", "status": "skipped", "overrides": overrides}
+    record["error"] = {"type": "Skipped", "message": why, "traceback": ""}
+    (folder / "run.json").write_text(json.dumps(record, indent=2))
+    print(f"skipped: {folder} ({why})", flush=True)
+
+
+def run_vq_stage2(out: Path, seeds: list[int], more: list[str]) -> int:
+    sweep, failed = out / "vqvae_pixelcnn", 0
+    for seed in seeds:
+        ckpt = stage1_checkpoint(finished_job(out / "vqvae", seed))
+        overrides = ["experiment=vqvae_pixelcnn_mnist_board", f"seed={seed}", *more]
+        if ckpt is None:
+            why = f"stage 1 (experiment=vqvae_mnist_board seed={seed}) did not finish"
+            record_skipped(sweep, seed, [*overrides, "model.vqvae_ckpt=null"], why)
+            continue
+        shutil.rmtree(sweep / f"skipped-seed{seed}", ignore_errors=True)  # an earlier skip
+        args = ["-m", *overrides, f"model.vqvae_ckpt={ckpt}", f"hydra.sweep.dir={sweep}"]
+        failed |= train(args) != 0
+    return failed
+
+
+def main() -> int:
+    smoke = os.environ.get("LEADERBOARD_SMOKE", "") not in ("", "0")
+    default_out = ROOT / "outputs" / ("leaderboard_smoke" if smoke else "leaderboard")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--only", help="comma-separated families, e.g. gaussian,mfa")
+    args = parser.parse_args()
+    if not os.environ.get("GMLAB_DATA"):
+        print("error: set GMLAB_DATA to the folder holding MNIST/raw/", file=sys.stderr)
+        return 1
+    only = set(args.only.split(",")) if args.only else None
+    failed = 0
+    for name, count in BOARD:
+        if only and name not in only:
+            continue
+        seeds = seeds_of(count, smoke)
+        if name == "vqvae_pixelcnn":
+            failed |= run_vq_stage2(args.out, seeds, extra(name, smoke))
+            continue
+        sweep = args.out / name
+        seed_list = "seed=" + ",".join(map(str, seeds))
+        cmd = ["-m", f"experiment={name}_mnist_board", seed_list, *extra(name, smoke)]
+        failed |= train([*cmd, f"hydra.sweep.dir={sweep}"]) != 0
+    report = [str(args.out), "--metrics", "test/bpd", "--sort", "test/bpd", "--curves", "val/bpd"]
+    subprocess.run([sys.executable, "-m", "gmlab.report.cli", *report], cwd=ROOT, check=False)
+    if smoke:
+        print("LEADERBOARD_SMOKE: a few batches per run; these numbers are not results.")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""scripts/leaderboard.py: the VQ pair's stage 2 runs on each seed's stage-1 checkpoint,
+and a seed whose stage 1 failed gets a `skipped` stage 2 that gmlab-report shows in the
+stage-2 group."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from gmlab.report import cli
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "leaderboard.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("leaderboard", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stage1(folder: Path, seed: int, status: str) -> None:
+    (folder / "checkpoints").mkdir(parents=True)
+    overrides = ["experiment=vqvae_mnist_board", f"seed={seed}"]
+    record = {"schema": 1, "task": "train", "status": status, "overrides": overrides}
+    (folder / "run.json").write_text(json.dumps(record))
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (folder / "checkpoints" / "best-001.ckpt").write_bytes(b"")
+    (folder / "checkpoints" / "best-003.ckpt").write_bytes(b"")
+
+
+@pytest.mark.slow  # composes the stage-2 config in a subprocess
+def test_failed_stage_one_marks_stage_two_skipped(tmp_path, monkeypatch):
+    board = load_script()
+    stage1(tmp_path / "vqvae" / "0", 1, "finished")
+    stage1(tmp_path / "vqvae" / "1", 2, "failed")
+    calls = []
+    monkeypatch.setattr(board, "train", lambda args: calls.append(args) or 0)
+
+    assert board.run_vq_stage2(tmp_path, [1, 2], ["debug=limit"]) == 0
+    best = tmp_path / "vqvae" / "0" / "checkpoints" / "best-003.ckpt"
+    assert calls == [
+        [
+            "-m",
+            "experiment=vqvae_pixelcnn_mnist_board",
+            "seed=1",
+            "debug=limit",
+            f"model.vqvae_ckpt={best}",
+            f"hydra.sweep.dir={tmp_path / 'vqvae_pixelcnn'}",
+        ]
+    ]
+    skipped = tmp_path / "vqvae_pixelcnn" / "skipped-seed2"
+    record = json.loads((skipped / "run.json").read_text())
+    assert record["status"] == "skipped" and "seed=2" in record["error"]["message"]
+
+    rows, runs, _, _ = cli.report(
+        [str(tmp_path / "vqvae_pixelcnn")],
+        cli.settings(
+            cli.parse_args([str(tmp_path), "--out", str(tmp_path / "out"), "--curves", ""])
+        ),
+    )
+    assert [(r.group.model, r.group.data, r.status) for r in rows] == [
+        ("vqvae_pixelcnn", "mnist", "1 skipped")
+    ]
+    assert runs[0].config["trainer"]["limit_train_batches"] == 3  # the smoke overrides
+
+    # stage 1 finished on a relaunch: the skip record goes, stage 2 runs
+    stage1(tmp_path / "vqvae" / "2", 2, "finished")
+    board.run_vq_stage2(tmp_path, [2], [])
+    assert not skipped.exists() and calls[-1][2] == "seed=2"
