@@ -4,6 +4,9 @@
   K = 128, D = 256): gmlab's one matrix product argmin_j ||e_j||^2 - 2 z.e_j against the
   broadcast argmin_j ||z - e_j||^2 over an [N, K, D] tensor that straightforward
   implementations write; both must pick the same codes.
+- One training step of the quantizer alone (forward, codebook update and revival check,
+  backward of its losses) on the same batch: the moving-average codebook with revival
+  (the presets') against the seed's gradient codebook.
 - The `vqvae_cifar10` training step (batch 128) in the Lightning fit loop: images/s, and
   achieved GFLOP/s (flops counted by `torch.utils.flop_counter`) against the machine's own
   fp32 matmul rate.
@@ -22,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.bench_vae import lightning_speed
 from benchmarks.common import best_time, matmul_gflops, synced
 from gmlab.models.vqvae import VQVAE
+from gmlab.nn.ema_quantizer import EMAVectorQuantizer
 from gmlab.nn.pixelcnn import GatedPixelCNN
 from gmlab.nn.vector_quantizer import VectorQuantizer
 
@@ -46,6 +50,28 @@ def nearest_code_speed(device: str) -> None:
     print(
         f"nearest codes, {BATCH} x 8 x 8 vectors, K=128, D=256: gmlab {1000 * ours:.2f} ms, "
         f"broadcast [N, K, D] {1000 * theirs:.2f} ms, {theirs / ours:.1f}x (same codes: {same})"
+    )
+
+
+def quantizer_step_speed(device: str) -> None:
+    torch.manual_seed(0)
+    z_e = (torch.randn(BATCH, 256, 8, 8, device=device) / 16).requires_grad_()
+    times = {}
+    for name, vq in [
+        ("gradient", VectorQuantizer(128, 256)),
+        ("ema", EMAVectorQuantizer(128, 256, init="kmeans", dead_after=20)),
+    ]:
+        vq = vq.to(device).train()
+
+        def step(vq=vq):
+            q = vq(z_e)
+            (q.codebook_loss + 0.25 * q.commitment_loss + q.z.square().mean()).backward()
+
+        times[name] = best_time(synced(step, device))  # the first call runs the k-means init
+    print(
+        f"quantizer training step, {BATCH} x 8 x 8 vectors, K=128, D=256: moving averages + "
+        f"revival {1000 * times['ema']:.2f} ms, gradient codebook {1000 * times['gradient']:.2f}"
+        f" ms ({times['ema'] / times['gradient']:.2f}x)"
     )
 
 
@@ -80,6 +106,7 @@ def main(device: str | None = None) -> None:
     steps = int(os.environ.get("GMLAB_BENCH_STEPS", "20"))
     print(f"device {device}, {torch.get_num_threads()} threads")
     nearest_code_speed(device)
+    quantizer_step_speed(device)
     training_step_speed(device, steps)
     sampling_speed(device)
 

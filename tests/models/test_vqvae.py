@@ -1,24 +1,34 @@
 """VQ-VAE and its Gated PixelCNN stage: the bits/dim bound against the exact marginal
-likelihood, two-stage training on digits, self-contained checkpoints, presets, errors."""
+likelihood, two-stage training on digits (stage 2 finding stage 1's checkpoint by itself,
+also as one multirun command), self-contained checkpoints, checkpoints written before the
+quantizer parts, presets, errors."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import hydra
 import lightning as L
 import pytest
 import torch
+from support.cli import gmlab
 from support.compose import train_config
+from support.parts import mlp_parts
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gmlab.errors import ConfigError, GmlabError
+from gmlab.data.digits import DigitsDataModule
+from gmlab.errors import ConfigError
 from gmlab.models.vae import VAE
 from gmlab.models.vqvae import VQVAE, VQVAEPixelCNN
+from gmlab.nn.ema_quantizer import EMAVectorQuantizer
+from gmlab.nn.vector_quantizer import VectorQuantizer
 from gmlab.train import train
 from gmlab.utils.checkpoint import load_model, read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+V0 = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints_v0"
 
 
 def save_untrained(model: L.LightningModule, path) -> str:
@@ -97,11 +107,11 @@ def test_two_stages_train_on_digits_and_the_prior_beats_uniform_codes(tmp_path):
     stage_one = train(train_config(tmp_path / "vq", ["experiment=vqvae_digits", *quick]))
     assert 0 < stage_one["test/bpd"] < 6.0  # 8 bits/dim: a uniform density over the levels
     assert stage_one["val/codes_used"] > 4 and stage_one["val/perplexity"] > 3
+    assert stage_one["val/codes_used"] == 32  # the moving-average codebook uses every code
     best = str(next((tmp_path / "vq" / "checkpoints").glob("best-*.ckpt")))
-    cfg = train_config(
-        tmp_path / "pcnn", ["experiment=vqvae_pixelcnn_digits", f"model.vqvae_ckpt={best}", *quick]
-    )
-    stage_two = train(cfg)
+    (tmp_path / "other").mkdir()  # not a run: skipped by the search
+    # model.vqvae_ckpt=auto (the preset's): the best stage-1 checkpoint among this run's siblings
+    stage_two = train(train_config(tmp_path / "pcnn", ["experiment=vqvae_pixelcnn_digits", *quick]))
     # same decoder term, the learned prior in place of log(1/K) per code
     assert stage_two["test/bpd"] < stage_one["test/bpd"] - 0.1, (stage_one, stage_two)
     events = EventAccumulator(str(tmp_path / "vq" / "tensorboard"), size_guidance={"histograms": 0})
@@ -115,7 +125,7 @@ def test_two_stages_train_on_digits_and_the_prior_beats_uniform_codes(tmp_path):
     stage_one_weights = read_checkpoint(best)["state_dict"]
     (tmp_path / "vq").rename(tmp_path / "moved")
     model = load_model(next((tmp_path / "pcnn" / "checkpoints").glob("best-*.ckpt")))
-    assert isinstance(model, VQVAEPixelCNN)
+    assert isinstance(model, VQVAEPixelCNN) and model.hparams.vqvae_ckpt == best
     for key, value in stage_one_weights.items():
         assert torch.equal(model.vqvae.state_dict()[key], value), key
     samples = model.sample(4)
@@ -144,12 +154,117 @@ def test_presets_build_both_stages(tmp_path, data):
         assert torch.isfinite(stage_two.log_likelihood(x)).all()
 
 
+def test_stage_two_finds_the_newest_matching_stage_one_checkpoint(tmp_path):
+    def run(name: str, model: L.LightningModule) -> str:
+        folder = tmp_path / name / "checkpoints"
+        folder.mkdir(parents=True)
+        return save_untrained(model, folder / "best-001.ckpt")
+
+    older = run("a", VQVAE((1, 8, 8), num_codes=4, code_dim=2, hidden=4, downsample=1))
+    run("b", VQVAE((1, 16, 16), num_codes=4, code_dim=2, hidden=4, downsample=1))  # other shape
+    run("c", VAE((1, 8, 8), latent_dim=2, **mlp_parts([8])))  # not a VQ-VAE
+    stage_two = VQVAEPixelCNN((1, 8, 8), "auto", str(tmp_path), num_blocks=1)
+    assert stage_two.hparams.vqvae_ckpt == older
+    newer = run("d", VQVAE((1, 8, 8), num_codes=5, code_dim=2, hidden=4, downsample=1))
+    assert VQVAEPixelCNN((1, 8, 8), "auto", str(tmp_path), num_blocks=1).vqvae.num_codes == 5
+    by_run = VQVAEPixelCNN((1, 8, 8), str(tmp_path / "a"), num_blocks=1)  # a run directory
+    assert by_run.hparams.vqvae_ckpt == older and newer != older
+    with pytest.raises(ConfigError, match="auto found no VQ-VAE checkpoint of \\[1, 28, 28\\]"):
+        VQVAEPixelCNN((1, 28, 28), "auto", str(tmp_path))
+    with pytest.raises(ConfigError, match="is a directory without checkpoints"):
+        VQVAEPixelCNN((1, 8, 8), str(tmp_path))
+
+
+@pytest.mark.slow
+def test_both_stages_as_one_multirun_command(tmp_path, run_env):
+    tiny = [
+        "trainer.max_epochs=1",
+        "++trainer.limit_train_batches=2",
+        "++trainer.limit_val_batches=1",
+    ]
+    sweep = tmp_path / "sweep"
+    gmlab(
+        "gmlab-train",
+        [
+            "-m",
+            "experiment=vqvae_digits,vqvae_pixelcnn_digits",
+            *tiny,
+            "logger=csv",
+            "test=false",
+            f"hydra.sweep.dir={sweep}",
+            "~callbacks.progress_bar",
+        ],
+        run_env,
+    )
+    stage_one = next((sweep / "0" / "checkpoints").glob("best-*.ckpt"))
+    model = load_model(next((sweep / "1" / "checkpoints").glob("best-*.ckpt")))
+    assert isinstance(model, VQVAEPixelCNN) and model.hparams.vqvae_ckpt == str(stage_one)
+
+
+def test_checkpoints_written_before_the_quantizer_parts_still_load(tmp_path):
+    """tests/fixtures/checkpoints_v0/vqvae.ckpt (flat options, a gradient codebook without
+    init or revival state) reproduces its reference log-likelihoods; so does a stage-2
+    checkpoint of that time embedding it."""
+    x = next(iter(DigitsDataModule(batch_size=8, eval_batch_size=8).test_dataloader()))[0]
+    reference = torch.tensor(
+        json.loads((V0 / "reference.json").read_text())["vqvae"]["log_likelihood_seed0"]
+    )
+    old = load_model(V0 / "vqvae.ckpt").eval()
+    assert isinstance(old.quantizer, VectorQuantizer) and not isinstance(
+        old.quantizer, EMAVectorQuantizer
+    )
+    assert bool(old.quantizer.initialized) and old.quantizer.dead_after is None
+    torch.manual_seed(0)
+    with torch.no_grad():
+        torch.testing.assert_close(old.log_likelihood(x), reference, rtol=1e-5, atol=1e-4)
+
+    saved = read_checkpoint(V0 / "vqvae.ckpt")
+    stage_two = VQVAEPixelCNN(old.data_shape, vqvae=dict(saved["hyper_parameters"]), num_blocks=1)
+    state = {k: v for k, v in stage_two.state_dict().items() if not k.startswith("vqvae.")}
+    state.update({f"vqvae.{k}": v for k, v in saved["state_dict"].items()})  # as then written
+    checkpoint = {
+        "state_dict": state,
+        "hyper_parameters": {**dict(stage_two.hparams), "vqvae": saved["hyper_parameters"]},
+        "pytorch-lightning_version": L.__version__,
+    }
+    stage_two.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "stage2.ckpt")
+    model = load_model(tmp_path / "stage2.ckpt").eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        recon, codes = model.vqvae.reconstruction_log_prob(x)
+        torch.testing.assert_close(
+            recon + model.vqvae.code_log_prob(codes), reference, rtol=1e-5, atol=1e-4
+        )
+
+
+def test_the_quantizer_group_and_the_seed_setting(tmp_path):
+    cfg = train_config(tmp_path, ["experiment=vqvae_digits"])
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    assert isinstance(model.quantizer, EMAVectorQuantizer)
+    assert model.hparams.quantizer["_target_"] == "gmlab.nn.ema_quantizer.EMAVectorQuantizer"
+    assert type(model.hparams.quantizer) is dict  # plain data in the checkpoint
+    assert (model.quantizer.num_codes, model.quantizer.dim) == (32, 32)
+    seed = train_config(tmp_path, ["experiment=vqvae_digits", "model/quantizer=gradient"])
+    model = hydra.utils.instantiate(seed.model, _convert_="all")
+    assert type(model.quantizer) is VectorQuantizer and model.quantizer.init == "uniform"
+    assert model.quantizer.dead_after is None and model.quantizer.codebook.requires_grad
+    assert model.quantizer.codebook.abs().max() <= 1 / 32
+
+
 def test_bad_configurations_are_clear_errors(tmp_path):
-    with pytest.raises(GmlabError, match="missing required option.*model.vqvae_ckpt"):
+    with pytest.raises(Exception) as info:  # wrapped by Hydra; the CLI prints the GmlabError
         train(train_config(tmp_path, ["experiment=vqvae_pixelcnn_digits"]))
+    assert isinstance(info.value.__cause__, ConfigError)
+    assert "vqvae_ckpt=auto found no VQ-VAE checkpoint" in str(info.value.__cause__)
+    with pytest.raises(ConfigError, match="model.quantizer"):
+        VQVAE(
+            (1, 8, 8),
+            quantizer={"_target_": "gmlab.nn.vector_quantizer.VectorQuantizer", "init": "x"},
+        )
     with pytest.raises(ConfigError, match="model.vqvae_ckpt is required"):
         VQVAEPixelCNN((1, 8, 8))
-    vae = VAE((1, 8, 8), latent_dim=2, hidden=[8])
+    vae = VAE((1, 8, 8), latent_dim=2, **mlp_parts([8]))
     with pytest.raises(ConfigError, match="holds a VAE, not a VQVAE"):
         VQVAEPixelCNN((1, 8, 8), vqvae_ckpt=save_untrained(vae, tmp_path / "vae.ckpt"))
     small = VQVAE((1, 8, 8), num_codes=4, code_dim=2, hidden=4, downsample=1)
