@@ -1,5 +1,21 @@
 """LightningModules, one file per model family, over `gmlab.distributions` and `gmlab.nn`."""
 
 from gmlab.models.base import GenerativeModel, GmlabModule
+from gmlab.models.gaussian import DiagonalGaussian
+from gmlab.models.gmm_classifier import GMMClassifier
+from gmlab.models.mfa import MFAModel
+from gmlab.models.realnvp import RealNVP
+from gmlab.models.vae import VAE
+from gmlab.models.vqvae import VQVAE, VQVAEPixelCNN
 
-__all__ = ["GenerativeModel", "GmlabModule"]
+__all__ = [
+    "VAE",
+    "VQVAE",
+    "DiagonalGaussian",
+    "GMMClassifier",
+    "GenerativeModel",
+    "GmlabModule",
+    "MFAModel",
+    "RealNVP",
+    "VQVAEPixelCNN",
+]
