@@ -254,3 +254,18 @@ def test_optuna_marks_a_failed_trial_failed_and_goes_on(tmp_path, run_env):
     (done,) = [p for p in sweep.iterdir() if (p / "metrics.json").is_file()]
     assert best["best_params"] == {"data": "digits"}
     assert best["best_value"] == pytest.approx(metrics(done)["val/bpd"])
+
+
+@pytest.mark.slow
+def test_an_out_of_memory_job_is_recorded_with_its_traceback_and_the_next_runs(tmp_path, run_env):
+    sweep = tmp_path / "sweep"
+    targets = "support.sweeps.OutOfMemoryAtStart,lightning.pytorch.Callback"
+    args = ["-m", f"+callbacks.extra._target_={targets}", *POINTS, f"hydra.sweep.dir={sweep}"]
+    out = gmlab("gmlab-train", args, run_env, check=False)
+    assert out.returncode == 1
+    assert "1 finished, 1 failed, 0 skipped, 0 unfinished" in out.stdout
+    error = record(sweep / "0")["error"]
+    assert error["type"] == "OutOfMemoryError" and "Tried to allocate" in error["message"]
+    assert "on_train_batch_start" in error["traceback"]
+    assert "Traceback" in (sweep / "0" / "train.log").read_text()  # not a user error
+    assert record(sweep / "1")["status"] == "finished"

@@ -81,3 +81,12 @@ def hparams_table(logdir: Path) -> tuple[list[str], list[str], dict[str, dict]]:
     }
     columns = [info.name for info in experiment.hparam_infos]
     return columns, [info.name.tag for info in experiment.metric_infos], sessions
+
+
+class OutOfMemoryAtStart(L.Callback):
+    """Raise CUDA's out-of-memory error at the first training batch (also on the CPU)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        import torch
+
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
