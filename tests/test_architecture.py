@@ -8,6 +8,8 @@ import ast
 import re
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "gmlab"
 FORBIDDEN = {
@@ -79,3 +81,50 @@ def test_nothing_refers_to_documents_outside_the_repository():
                 if OUTSIDE.search(line):
                     hits.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:80]}")
     assert hits == []
+
+
+def test_public_api_names_the_classes():
+    import gmlab.distributions as distributions
+    import gmlab.models as models
+    import gmlab.nn as nn
+    from gmlab.distributions.mfa import MixtureOfFactorAnalyzers
+    from gmlab.models.realnvp import RealNVP
+    from gmlab.nn.gmm_layer import GaussianMixtureClassifier
+
+    assert nn.GaussianMixtureClassifier is GaussianMixtureClassifier
+    assert models.RealNVP is RealNVP
+    assert distributions.MixtureOfFactorAnalyzers is MixtureOfFactorAnalyzers
+    for package in (nn, models, distributions):
+        assert all(hasattr(package, name) for name in package.__all__)
+
+
+def test_an_optimizer_added_as_one_yaml_on_the_search_path_trains(tmp_path):
+    """docs/architecture.md's worked example: conf/model/optimizer/rmsprop.yaml in a folder
+    of one's own, found through hydra.searchpath, with no edit to src/ or conf/."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from support.trainer import quiet_trainer
+
+    from gmlab.data import DigitsDataModule
+
+    folder = tmp_path / "my_conf" / "model" / "optimizer"
+    folder.mkdir(parents=True)
+    (folder / "rmsprop.yaml").write_text(
+        "_target_: torch.optim.RMSprop\n_partial_: true\nlr: 2.0e-3\nalpha: 0.9\n"
+    )
+    overrides = [
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+        "model=gaussian",
+        "model/optimizer=rmsprop",
+        "data=digits",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    model = instantiate(cfg.model, _convert_="all")
+    trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
+    (optimizer,) = trainer.optimizers
+    assert type(optimizer) is torch.optim.RMSprop
+    assert optimizer.defaults["alpha"] == 0.9
+    assert optimizer.defaults["lr"] == 0.01  # the model's YAML sets its own lr over the part's
+    assert optimizer.state  # it stepped
