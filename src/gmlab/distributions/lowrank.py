@@ -41,21 +41,14 @@ import torch
 from torch import Tensor
 
 from gmlab.distributions.normal import LOG_2PI
+from gmlab.ops.chunks import chunk_rows
 from gmlab.ops.linalg import cholesky_float64_retry
 
 __all__ = [
     "LowRankGaussians",
-    "chunk_rows",
     "lowrank_covariance",
     "lowrank_log_prob",
 ]
-
-_CHUNK_BUDGET = 2**24  # elements of the per-chunk work tensors (64 MiB in float32)
-
-
-def chunk_rows(n: int, width: int, budget: int = _CHUNK_BUDGET) -> int:
-    """Rows per chunk so that a [rows, width] work tensor stays within `budget` elements."""
-    return max(1, min(n, budget // max(width, 1)))
 
 
 def _check_params(means: Tensor, factors: Tensor, log_noise: Tensor) -> tuple[int, int, int]:

@@ -45,9 +45,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from gmlab.distributions.lowrank import LowRankGaussians, chunk_rows
+from gmlab.distributions.lowrank import LowRankGaussians
 from gmlab.distributions.normal import LOG_2PI
 from gmlab.errors import ConfigError
+from gmlab.ops.chunks import chunk_rows
 
 __all__ = [
     "MixtureOfFactorAnalyzers",
@@ -232,7 +233,7 @@ class MixtureOfFactorAnalyzers(nn.Module):
         quad = quad + m @ (inv_noise * mu_t.square()).T
         # L_o = I + sum_j m_j V_j A_j^T: one [B, d] x [d, Kc l l] product per chunk of K
         lo = torch.empty(x.shape[0], k, l, l, dtype=dt, device=x.device)
-        kc = max(1, min(k, (1 << 24) // max(d * l * l, 1)))
+        kc = chunk_rows(k, d * l * l)
         for s in range(0, k, kc):
             outer = torch.einsum("kdi,kdj->dkij", v[s : s + kc], self.factors[s : s + kc])
             lo[:, s : s + kc] = (m @ outer.reshape(d, -1)).view(-1, outer.shape[1], l, l)

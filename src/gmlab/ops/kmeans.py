@@ -37,11 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-__all__ = ["assign", "kmeans", "kmeans_plusplus", "inertia"]
+from gmlab.ops.chunks import chunk_rows, distance_budget
 
-# elements per chunk, rows x (k + d): cache-sized on CPUs (large chunks spill the
-# elementwise work to DRAM; measured ~2x slower at 20k x 784, K=100), large on GPUs
-_CHUNK_BUDGET = {"cpu": 2**20, "gpu": 2**25}
+__all__ = ["assign", "kmeans", "kmeans_plusplus", "inertia"]
 
 
 def _work_dtype(x: Tensor) -> torch.dtype:
@@ -73,8 +71,7 @@ def _chunk_rows(n: int, k: int, d: int, chunk_size: int | None, device: torch.de
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         return min(int(chunk_size), n)
-    budget = _CHUNK_BUDGET["cpu" if device.type == "cpu" else "gpu"]
-    return max(1, min(n, budget // (k + d)))
+    return chunk_rows(n, k + d, distance_budget(device))
 
 
 def _mean(x: Tensor, rows: int) -> Tensor:
