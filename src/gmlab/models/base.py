@@ -238,6 +238,11 @@ class GenerativeModel(GmlabModule):
         """[B, *data_shape] reconstructions in pixel range (mask: True = observed)."""
         raise NotImplementedError
 
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space values [n, ...] -> [n, *data_shape] in the dataset's value range
+        (`Preprocessor.to_pixels`: pixels for integer data, continuous points as they are)."""
+        return self.preprocess.to_pixels(x.reshape(-1, *self.data_shape))
+
     def build_likelihood(self, spec) -> Likelihood:
         """The decoder likelihood from its part dict (`conf/model/likelihood/`; an old
         checkpoint's name is converted), given the data's `EventSpace`: the model-space range

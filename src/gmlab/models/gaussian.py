@@ -62,7 +62,7 @@ class DiagonalGaussian(GenerativeModel):
 
     def sample(self, n: int) -> torch.Tensor:
         eps = torch.randn((n, *self.data_shape), device=self.mean.device)
-        return self.preprocess.to_pixels(self.mean + self.std * eps)
+        return self.to_data(self.mean + self.std * eps)
 
     @classmethod
     def migrate_hparams(cls, hparams: dict, version: int) -> dict:

@@ -170,7 +170,7 @@ class RealNVP(GenerativeModel):
                 y, _ = self.flow.inverse(z)
         finally:
             self.flow.train(was_training)
-        return self.preprocess.to_pixels(y.float())
+        return self.to_data(y.float())
 
     def figures(self, x_raw: torch.Tensor) -> dict[str, torch.Tensor]:
         levels = self.preprocess.num_levels - 1
