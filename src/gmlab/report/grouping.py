@@ -147,5 +147,10 @@ def _label(groups: list[Group]) -> None:
         keys = sorted({k for g in same for k in g.flat})
         differ = [k for k in keys if len({repr(g.flat.get(k)) for g in same}) > 1][:3]
         for group in same:
-            extra = " ".join(f"{k}={group.flat.get(k)}" for k in differ)
+            extra = " ".join(f"{k}={_value(group.flat.get(k))}" for k in differ)
             group.label = f"{group.label} {extra}".strip()
+
+
+def _value(value) -> str:
+    """A config value as it is written on the command line (null, true, 0.001)."""
+    return value if isinstance(value, str) else json.dumps(value)

@@ -178,7 +178,8 @@ def _status(run: Run, stale_after_s: float, now: float) -> str:
     if status in ("failed", "skipped"):
         error = run.record.get("error") or {}
         if isinstance(error, dict) and error:
-            run.problem = f"{error.get('type', 'error')}: {error.get('message', '')}".strip()
+            message = " ".join(str(error.get("message", "")).split())[:300]
+            run.problem = f"{error.get('type', 'error')}: {message}"
     if status in ("finished", "failed", "skipped"):
         return status
     if status is None and (run.path / "metrics.json").is_file():
