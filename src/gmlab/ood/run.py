@@ -107,6 +107,11 @@ def evaluate_ood(
             f"ood.scores {bad} do not apply to {type(model).__name__}; its scores: "
             f"{', '.join(scorer.names)}"
         )
+    root = ood.root or data_root
+    sets = {  # every set is loaded (and its shape checked) before anything is scored
+        name: load_set(name, set_cfg, model, ood.split, root)[: ood.limit]
+        for name, set_cfg in ood.sets.items()
+    }
     datamodule.setup()
     x_val = datamodule.tensors("val")[0][: ood.val_limit]
     x_train, y_train = (t[: ood.train_limit] for t in datamodule.tensors("train"))
@@ -115,9 +120,7 @@ def evaluate_ood(
     x_in = datamodule.tensors(ood.split)[0][: ood.limit]
     scores_in = scorer(x_in, names)
     metrics = {f"test/ood/in/{s}/mean": float(v.double().mean()) for s, v in scores_in.items()}
-    root = ood.root or data_root
-    for name, set_cfg in ood.sets.items():
-        x_out = load_set(name, set_cfg, model, ood.split, root)[: ood.limit]
+    for name, x_out in sets.items():
         scores_out = scorer(x_out, names)
         per_set = {}
         for s in names:
