@@ -39,9 +39,10 @@ SETTINGS = {
         model=dict(
             preprocess={"binarize": "dynamic"},
             latent_dim=10,
-            hidden=[400],
-            likelihood="bernoulli",
-            lr=1e-3,
+            encoder={"_target_": "gmlab.nn.mlp.MLPEncoder", "hidden": [400]},
+            decoder={"_target_": "gmlab.nn.mlp.MLPDecoder", "hidden": [400]},
+            likelihood={"_target_": "gmlab.distributions.likelihoods.BernoulliLikelihood"},
+            optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3},
         ),
     ),
     "vae_cifar10": dict(
@@ -50,9 +51,9 @@ SETTINGS = {
         model=dict(
             preprocess={"scale": "symmetric"},
             latent_dim=32,
-            architecture="conv",
-            likelihood="gaussian_fixed",
-            lr=5e-4,
+            encoder={"_target_": "gmlab.nn.conv_autoencoder.ConvEncoder"},
+            decoder={"_target_": "gmlab.nn.conv_autoencoder.ConvDecoder"},
+            optimizer={"_target_": "torch.optim.Adam", "lr": 5e-4},
         ),
     ),
 }
@@ -214,7 +215,7 @@ def reference_speed(name: str, steps: int, device: str) -> dict:
     loader = torch.utils.data.DataLoader(FloatImages(x), batch_size=cfg["batch"], shuffle=True)
     model = RefConvVAE() if len(cfg["shape"]) == 3 and cfg["shape"][1] == 32 else RefMLPVAE()
     model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["model"]["lr"])
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["model"]["optimizer"]["lr"])
     step_times, load_times = [], []
     end = time.perf_counter()
     for i, batch in enumerate(loader):

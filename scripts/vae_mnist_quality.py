@@ -9,14 +9,16 @@ The setting is `experiment=vae_mnist_wide` / `vae_mog_mnist_wide` (784-400-400-3
 encoder, mirrored Bernoulli decoder, KL warm-up over 2750 steps, Adam 1e-3, batch 200)
 without their lr schedule: a constant lr for a wall-clock budget (the README's CPU rows).
 
-usage: python scripts/vae_mnist_quality.py train NAME {normal,mog} MINUTES [--root DIR]
+usage: python scripts/vae_mnist_quality.py train NAME {normal,mog,vamp} MINUTES [--root DIR]
        python scripts/vae_mnist_quality.py eval RUN_DIR K N [--root DIR]
+--root defaults to $GMLAB_DATA (the folder holding MNIST/raw/).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,19 +29,25 @@ import torchvision
 from gmlab.data import MNISTDataModule
 from gmlab.models.vae import VAE
 
+PRIORS = {
+    "normal": {"_target_": "gmlab.distributions.priors.NormalPrior"},
+    "mog": {"_target_": "gmlab.distributions.priors.MixturePrior", "n_components": 500},
+    "vamp": {"_target_": "gmlab.nn.priors.VampPrior", "n_components": 500},
+}
+
 
 def setting(prior: str) -> dict:
     return {
         "data_shape": [1, 28, 28],
         "preprocess": {"binarize": "dynamic"},
         "latent_dim": 32,
-        "hidden": [400, 400],
-        "likelihood": "bernoulli",
-        "prior": prior,
-        "n_components": 500,
+        "encoder": {"_target_": "gmlab.nn.mlp.MLPEncoder", "hidden": [400, 400]},
+        "decoder": {"_target_": "gmlab.nn.mlp.MLPDecoder", "hidden": [400, 400]},
+        "likelihood": {"_target_": "gmlab.distributions.likelihoods.BernoulliLikelihood"},
+        "prior": PRIORS[prior],
         "kl": "auto",
         "kl_warmup_steps": 2750,
-        "lr": 1e-3,
+        "optimizer": {"_target_": "torch.optim.Adam", "lr": 1e-3},
         "eval": {"iwae_k": 5000, "iwae_batch": 20000},
     }
 
@@ -80,7 +88,8 @@ def train(args: argparse.Namespace) -> None:
 @torch.no_grad()
 def evaluate(args: argparse.Namespace) -> None:
     run = Path(args.run_dir)
-    model = VAE(**json.loads((run / "config.json").read_text())["cfg"])
+    cfg = json.loads((run / "config.json").read_text())["cfg"]
+    model = VAE(**VAE.migrate_hparams(cfg, 0))  # also runs written with the flat options
     model.load_state_dict(torch.load(run / "model.pt", weights_only=True))
     model.eval()
     x_test = torchvision.datasets.MNIST(args.root, train=False).data.unsqueeze(1)
@@ -104,13 +113,13 @@ def evaluate(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="../shared/data")
+    parser.add_argument("--root", default=os.environ.get("GMLAB_DATA"))
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--threads", type=int, default=1)
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("train")
     fit.add_argument("name")
-    fit.add_argument("prior", choices=("normal", "mog"))
+    fit.add_argument("prior", choices=sorted(PRIORS))
     fit.add_argument("minutes", type=float)
     fit.add_argument("--out", default="outputs/vae_quality")
     ev = sub.add_parser("eval")
@@ -118,6 +127,8 @@ def main() -> None:
     ev.add_argument("k", type=int)
     ev.add_argument("n", type=int)
     args = parser.parse_args()
+    if not args.root:
+        parser.error("pass --root DIR or set GMLAB_DATA (the folder holding MNIST/raw/)")
     torch.set_num_threads(args.threads)
     if args.command == "train":
         train(args)
