@@ -258,15 +258,22 @@ class GaussianMixtureClassifier(nn.Module):
         const = 0.5 * self.dim * math.log(2 * math.pi)
         if self.covariance in ("diag", "tril"):
             # w = U_k (z - mu_k) with U = diag(1 / scale) + strictly lower part O
-            inv_scale = self._scale(dtype).reciprocal()  # [K, d]
-            w = inv_scale * (z.unsqueeze(1) - mu)  # [B, K, d]
-            if self.covariance == "tril":
-                off = self._precision_offdiag(dtype)  # [K, d, d]
-                k, d = off.shape[:2]
-                oz = (z @ off.reshape(k * d, d).T).view(-1, k, d)  # O_k z for all k at once
-                w = w + oz - (off * mu.unsqueeze(1)).sum(-1)  # - O_k mu_k
+            scale = self._scale(dtype)  # [K, d]
+            inv_scale = scale.reciprocal()
+            if self.covariance == "diag":
+                w = inv_scale * (z.unsqueeze(1) - mu)  # [B, K, d]
+            else:
+                # w = O_k z + z / scale_k - U_k mu_k: one product for all K (the GEMM adds
+                # the bias -U_k mu_k), one [B, K, d] multiply-add. O_k mu_k is the diagonal
+                # of the small product O mu^T ([K d, K]: faster than K matrix-vector bmm's)
+                off = self._precision_offdiag(dtype).view(-1, z.shape[1])  # [K d, d]
+                k = mu.shape[0]
+                o_mu = (off @ mu.T).view(k, -1, k).diagonal(dim1=0, dim2=2).T  # [K, d]
+                u_mu = torch.addcmul(o_mu, inv_scale, mu)
+                oz = torch.addmm(u_mu.reshape(-1), z, off.T, beta=-1.0)  # O z - U mu
+                w = torch.addcmul(oz.view(z.shape[0], k, -1), z.unsqueeze(1), inv_scale)
             maha = w.square().sum(-1)  # [B, K]
-            return -0.5 * maha + inv_scale.log().sum(-1) - const
+            return -0.5 * maha - scale.log().sum(-1) - const
         if self.covariance == "lowrank":
             log_noise = 2 * self._scale(dtype).log()
             return lowrank_log_prob(z, mu, self.cov_factor.to(dtype), log_noise)
@@ -280,10 +287,11 @@ class GaussianMixtureClassifier(nn.Module):
     def joint_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """[B, in_features] -> [B, S] log p(x, y=s) with a uniform class prior 1/S."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            z = self._features(x)
-            comp = self.component_log_prob(z).view(-1, self.n_classes, self.components_per_class)
-            log_w = self.mixture_log_weights().to(comp.dtype)
-            return (comp + log_w).logsumexp(-1) - math.log(self.n_classes)
+            comp = self.component_log_prob(self._features(x))
+            if self.components_per_class > 1:  # with G = 1, log pi = 0 and the sum is comp
+                comp = comp.view(-1, self.n_classes, self.components_per_class)
+                comp = (comp + self.mixture_log_weights().to(comp.dtype)).logsumexp(-1)
+            return comp - math.log(self.n_classes)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """[B, in_features] -> [B] log p(x), the mixture density of the (projected) inputs.
