@@ -2,8 +2,9 @@
 reference that rebuilds its distribution objects every step (as the original layer does).
 
 Setting (issue #4): in 128, dim 128, 10 classes, G=1, batch 64, forward + nll_loss backward +
-Adadelta step, CPU. Goal for "tril": <= 2 ms/step. Figures are the best of several timed
-blocks of steps (the machine is shared), with a ratio reference / ours. On a GPU, the same
+Adadelta step, CPU. Goal for "tril": <= 1.5 ms/step. Figures are the best of several timed
+blocks of steps (the machine is shared), with a ratio reference / ours, and for "tril"
+the median of the blocks too. On a GPU, the same
 step in float32 and under bf16 autocast.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import statistics
 import time
 
 import torch
@@ -62,12 +65,17 @@ class ReferenceGMM(torch.nn.Module):
 
 
 def ms_per_step(
-    model: torch.nn.Module, steps: int = 20, blocks: int = 15, device: str = "cpu", amp=None
+    model: torch.nn.Module,
+    steps: int = 20,
+    blocks: int = 15,
+    device: str = "cpu",
+    amp=None,
+    median: bool = False,
 ) -> tuple[float, float]:
-    """(wall-clock, process CPU) milliseconds per training step, each the best of `blocks`
-    blocks. On a busy shared machine the CPU time is the steadier figure: it leaves out
-    the time other processes held the cores (with one thread it equals the uncontended
-    wall time; with more it adds up all threads)."""
+    """(wall-clock, process CPU) milliseconds per training step, each the best (or the
+    median) of `blocks` blocks. On a busy shared machine the CPU time is the steadier
+    figure: it leaves out the time other processes held the cores (with one thread it
+    equals the uncontended wall time; with more it adds up all threads)."""
     torch.manual_seed(0)
     x, y = torch.randn(BATCH, IN), torch.randint(0, CLASSES, (BATCH,))
     model, x, y = model.to(device), x.to(device), y.to(device)
@@ -84,14 +92,15 @@ def ms_per_step(
 
     for _ in range(5):
         step()
-    wall = cpu = math.inf
+    walls, cpus = [], []
     for _ in range(blocks):
         start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             step()
-        wall = min(wall, (time.perf_counter() - start) / steps)
-        cpu = min(cpu, (time.process_time() - start_cpu) / steps)
-    return wall * 1e3, cpu * 1e3
+        walls.append((time.perf_counter() - start) / steps)
+        cpus.append((time.process_time() - start_cpu) / steps)
+    pick = statistics.median if median else min
+    return pick(walls) * 1e3, pick(cpus) * 1e3
 
 
 def main() -> None:
@@ -106,12 +115,17 @@ def main() -> None:
         layer = GaussianMixtureClassifier(IN, CLASSES, G, DIM, covariance=cov)
         ours, ours_cpu = ms_per_step(layer)
         ref, ref_cpu = ms_per_step(ReferenceGMM(cov))
-        goal = "   (goal <= 2 ms)" if cov == "tril" else ""
+        goal = ""
+        if cov == "tril":
+            med, med_cpu = ms_per_step(layer, median=True)
+            verdict = "meets" if ours <= 1.5 else "misses"
+            goal = f"   median {med:.2f} ({med_cpu:.2f}); best {verdict} the goal <= 1.5 ms"
         print(
             f"{cov:>10s}  {ours:6.2f} ({ours_cpu:6.2f})  {ref:8.2f} ({ref_cpu:8.2f})  "
             f"{ref / ours:5.1f}x{goal}",
             flush=True,
         )
+    print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores while this ran)")
     if torch.cuda.is_available():
         gpu()
 
