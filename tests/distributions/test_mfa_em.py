@@ -156,6 +156,39 @@ def test_float32_em_is_close_to_float64(digits):
     np.testing.assert_allclose(h32, h64, rtol=1e-3)
 
 
+@pytest.mark.parametrize("noise", ["diagonal", "isotropic"])
+def test_blocked_e_step_statistics_equal_brute_force_sums(digits, noise):
+    """Blocks of 37 rows (not dividing the batch), float32: every statistic against its
+    definition with responsibilities from dense scipy densities (float64)."""
+    x64 = digits[:300]
+    m = make(x64, 4, 2, noise).float().requires_grad_(False)
+    x = x64.float()
+    g = m.gaussians()
+    st = SufficientStats.zeros(4, 64, 2, noise == "isotropic")
+    ll = e_step(x, g, m.log_weights, st, block_rows=37)
+    cov = (m.factors @ m.factors.mT + torch.diag_embed(m.noise_variance)).double()
+    log_comp = torch.stack(
+        [
+            torch.from_numpy(multivariate_normal(m.means[k].double(), cov[k]).logpdf(x64.numpy()))
+            for k in range(4)
+        ],
+        1,
+    )
+    joint = log_comp + m.log_weights.double()
+    r = torch.softmax(joint, 1)
+    xc = x64 - g.shift.double()
+    proj = xc @ g.proj.double().permute(1, 0, 2).reshape(64, -1)  # [n, K l]
+    t = torch.einsum("nk,nd,nkl->kdl", r, xc, proj.view(-1, 4, 2))
+    sq = xc.square().sum(1, keepdim=True) if noise == "isotropic" else xc.square()
+    torch.testing.assert_close(ll.double(), torch.logsumexp(joint, 1), rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(st.s0, r.sum(0), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(st.s1, r.T @ xc, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(st.s2, r.T @ sq, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(st.t, t, rtol=1e-4, atol=2e-3)
+    assert float(st.count) == 300 and len(st.worst_ll) == 4
+    torch.testing.assert_close(st.worst_ll, torch.sort(ll).values[:4])
+
+
 def test_statistics_add_up_over_batches(digits):
     x = digits[:300]
     m = make(x, 3, 2, "diagonal")

@@ -39,7 +39,7 @@ def test_lowrank_component_with_vanishing_noise_gets_a_noise_floor_hint():
     means, factors = torch.randn(k, d, generator=g), torch.randn(k, d, l, generator=g)
     log_noise = torch.zeros(k, d)
     log_noise[2] = -200.0
-    with pytest.raises(SingularCovarianceError, match=r"component 2 \(1 of 4\).*noise_floor"):
+    with pytest.raises(SingularCovarianceError, match=r"component 2 \(1 of 4\).*noise floor"):
         LowRankGaussians.from_params(means, factors, log_noise)
     log_noise[2] = 0.0
     assert LowRankGaussians.from_params(means, factors, log_noise).log_prob(means).isfinite().all()

@@ -117,7 +117,7 @@ class LowRankGaussians:
             means.dtype,
             what="I + A^T D^-1 A of component",
             remedy="Its noise variances are tiny against its factors: raise the noise floor "
-            "(model.noise_floor) or lower the latent dimension.",
+            "or lower the latent dimension.",
         )
         # P = V C^-T through the tiny [K, l, l] inverse (a wide triangular solve is slow)
         cinv = torch.linalg.solve_triangular(chol, eye.expand(k, l, l), upper=False)
@@ -160,24 +160,27 @@ class LowRankGaussians:
             self._weight = torch.cat([proj_rows, cross_w], dim=0).contiguous()
         return self._weight
 
-    def _chunk(self, xc: Tensor, sq: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Shifted rows [n, d] -> (log-densities [n, K], raw projections xc @ P [n, K, l]).
+    def evaluate_shifted(self, xc: Tensor, sq: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Shifted rows x~ = x - shift [n, d] -> (log-densities [n, K], raw projections
+        x~ @ P_k [n, K, l]), in one [n, d] x [d, K l + K] product plus the squares' product.
 
-        `sq`: xc^2 if the caller has it already.
+        `sq`: x~^2 [n, d] if the caller has it already (only its row sums for isotropic
+        noise).
         """
         k, d, l = self.num_components, self.dim, self.rank
         both = xc @ self.weight.T  # one product: [n, K l + K]
-        y_raw = both[:, : k * l].reshape(xc.shape[0], k, l)
+        y_raw = both[:, : k * l].view(xc.shape[0], k, l)
         cross = both[:, k * l :]
+        if sq is None:
+            sq = xc.square()
         if self.isotropic:
-            norms = sq.sum(1, keepdim=True) if sq is not None else xc.square().sum(1, keepdim=True)
-            quad = norms * self.inv_noise.T  # [n, K]
+            quad = sq.sum(1, keepdim=True) * self.inv_noise.T  # [n, K]
         else:
-            quad = (xc.square() if sq is None else sq) @ self.inv_noise.T
+            quad = sq @ self.inv_noise.T
         y = y_raw - self.mean_proj
-        maha = quad - 2.0 * cross + self.mean_quad - y.square().sum(-1)
-        maha = maha.clamp_min(0.0)  # exact value is >= 0; cancellation can dip below
-        log_prob = -0.5 * (d * LOG_2PI + self.log_det + maha)
+        maha = quad.add_(cross, alpha=-2.0).add_(self.mean_quad).sub_(y.square().sum(-1))
+        maha = maha.clamp_min_(0.0)  # exact value is >= 0; cancellation can dip below
+        log_prob = maha.add_(self.log_det + d * LOG_2PI).mul_(-0.5)
         return log_prob, y_raw
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -186,7 +189,7 @@ class LowRankGaussians:
         One chunk (no chunking): the EM E-step calls this per batch.
         """
         x = x.to(self.means.dtype)
-        return self._chunk(x - self.shift)
+        return self.evaluate_shifted(x - self.shift)
 
     def log_prob(self, x: Tensor, chunk_size: int | None = None) -> Tensor:
         """[N, d] -> [N, K] log N(x_n; mu_k, A_k A_k^T + D_k), chunked over N."""
@@ -196,14 +199,13 @@ class LowRankGaussians:
         width = self.num_components * (self.rank + 2) + self.dim
         rows = chunk_size or chunk_rows(x.shape[0], width)
         if rows >= x.shape[0]:
-            return self._chunk(x - self.shift)[0]
+            return self.evaluate_shifted(x - self.shift)[0]
         return torch.cat(
-            [self._chunk(x[i : i + rows] - self.shift)[0] for i in range(0, x.shape[0], rows)]
+            [
+                self.evaluate_shifted(x[i : i + rows] - self.shift)[0]
+                for i in range(0, x.shape[0], rows)
+            ]
         )
-
-    def whitened_inverse(self) -> Tensor:
-        """[K, l, l] L_k^-1 (the posterior covariance of the factors, Cov[z | x, k])."""
-        return torch.cholesky_inverse(self.chol)
 
 
 def lowrank_log_prob(

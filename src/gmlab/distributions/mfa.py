@@ -40,6 +40,7 @@ EM, as pure functions over float64 sufficient statistics:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -47,7 +48,6 @@ from torch import Tensor, nn
 
 from gmlab.distributions.lowrank import LowRankGaussians
 from gmlab.distributions.normal import LOG_2PI
-from gmlab.errors import ConfigError
 from gmlab.ops.chunks import chunk_rows
 
 __all__ = [
@@ -80,9 +80,9 @@ class MixtureOfFactorAnalyzers(nn.Module):
     def __init__(self, n_components: int, dim: int, n_factors: int, noise: str = "diagonal"):
         super().__init__()
         if noise not in NOISE_TYPES:
-            raise ConfigError(f"noise must be one of {NOISE_TYPES}, got {noise!r}")
+            raise ValueError(f"noise must be one of {NOISE_TYPES}, got {noise!r}")
         if n_components < 1 or dim < 1 or n_factors < 0:
-            raise ConfigError(
+            raise ValueError(
                 f"need n_components >= 1, dim >= 1, n_factors >= 0; got "
                 f"{n_components}, {dim}, {n_factors}"
             )
@@ -169,6 +169,15 @@ class MixtureOfFactorAnalyzers(nn.Module):
     def log_prob(self, x: Tensor, chunk_size: int | None = None) -> Tensor:
         """[N, d] -> [N] log p(x_n) (nats)."""
         return torch.logsumexp(self.joint_log_prob(x, chunk_size), 1)
+
+    def with_noise_floor(self, floor: float) -> MixtureOfFactorAnalyzers:
+        """A copy (no gradient) whose noise variances are raised to at least `floor`."""
+        twin = MixtureOfFactorAnalyzers(self.n_components, self.dim, self.n_factors, self.noise)
+        twin = twin.to(self.means.device, self.means.dtype)
+        twin.load_state_dict({k: v.detach() for k, v in self.state_dict().items()})
+        with torch.no_grad():
+            twin.log_noise.clamp_(min=math.log(floor))
+        return twin.requires_grad_(False)
 
     def responsibilities(self, x: Tensor) -> Tensor:
         """[N, K] posterior component probabilities p(k | x_n)."""
@@ -345,6 +354,9 @@ class SufficientStats:
         self.worst_x, self.worst_ll, self.worst_comp = xs[idx], lls[idx], comps[idx]
 
 
+E_STEP_ROWS = 512  # rows per E-step block: its [rows, d] work tensors stay in cache
+
+
 @torch.no_grad()
 def e_step(
     x: Tensor,
@@ -353,8 +365,14 @@ def e_step(
     stats: SufficientStats,
     resp_gauss: LowRankGaussians | None = None,
     resp_index: Tensor | None = None,
+    block_rows: int = E_STEP_ROWS,
 ) -> Tensor:
     """Accumulate one batch's sufficient statistics; returns its log-likelihoods [n].
+
+    The batch is processed in blocks of `block_rows` rows, so that x~, x~^2 and the
+    products' operands stay in the CPU caches between the four matrix products; the
+    statistics are summed in the parameters' dtype over the batch and added to the float64
+    accumulators once per batch.
 
     Args:
         x: [n, d] points (model space).
@@ -365,35 +383,53 @@ def e_step(
             the coordinates `resp_index` (its precomputed Gaussians `resp_gauss`), the
             statistics from all coordinates. The returned log-likelihoods are then those
             of the sampled coordinates.
+        block_rows: rows per block.
     """
     k, d, l = gauss.num_components, gauss.dim, gauss.rank
-    x = x.to(gauss.means.dtype)
-    xc = x - gauss.shift
-    sq = xc.square()
-    log_comp, y_raw = gauss._chunk(xc, sq)
-    if resp_gauss is not None:
-        log_comp, _ = resp_gauss.project(x[:, resp_index])
-    joint = log_comp + log_weights.to(log_comp.dtype)
-    ll = torch.logsumexp(joint, 1)
-    r = torch.exp(joint - ll[:, None])  # [n, K]
-    # x~^T [r * (x~ P) | r]: the t and s1 statistics in one product
-    rhs = torch.empty(x.shape[0], k * (l + 1), dtype=x.dtype, device=x.device)
-    torch.mul(y_raw, r.unsqueeze(-1), out=rhs[:, : k * l].view(x.shape[0], k, l))
-    rhs[:, k * l :] = r
-    both = (rhs.T @ xc).double()  # [K l + K, d]
+    n = x.shape[0]
+    dt, dev = gauss.means.dtype, gauss.means.device
+    isotropic = stats.s2.shape[1] == 1
+    log_weights = log_weights.to(dt)
+    both = torch.zeros(k * (l + 1), d, dtype=dt, device=dev)  # x~^T [r * (x~ P) | r]
+    s2 = torch.zeros(k, 1 if isotropic else d, dtype=dt, device=dev)
+    s0 = torch.zeros(k, dtype=dt, device=dev)
+    ll = torch.empty(n, dtype=dt, device=dev)
+    best = torch.empty(n, dtype=torch.long, device=dev)
+    rows = max(1, block_rows)
+    rhs = torch.empty(min(rows, n), k * (l + 1), dtype=dt, device=dev)
+    for i in range(0, n, rows):
+        xb = x[i : i + rows].to(dt)
+        m = xb.shape[0]
+        xc = xb - gauss.shift
+        sq = xc * xc
+        joint, y_raw = gauss.evaluate_shifted(xc, sq)
+        if resp_gauss is not None:
+            sub = xb[:, resp_index] - resp_gauss.shift
+            joint, _ = resp_gauss.evaluate_shifted(sub)
+        joint += log_weights
+        lse = torch.logsumexp(joint, 1)
+        r = joint.sub_(lse[:, None]).exp_()  # [m, K] responsibilities
+        ll[i : i + m] = lse
+        best[i : i + m] = r.argmax(1)
+        out = rhs[:m]
+        torch.mul(y_raw, r.unsqueeze(-1), out=out[:, : k * l].view(m, k, l))
+        out[:, k * l :] = r
+        both.addmm_(out.T, xc)
+        if isotropic:
+            s2.addmm_(r.T, sq.sum(1, keepdim=True))
+        else:
+            s2.addmm_(r.T, sq)
+        s0 += r.sum(0)
+    both = both.double()
     stats.t += both[: k * l].view(k, l, d).transpose(1, 2)
     stats.s1 += both[k * l :]
-    if stats.s2.shape[1] == 1:
-        stats.s2 += (r.T @ sq.sum(1, keepdim=True)).double()
-    else:
-        stats.s2 += (r.T @ sq).double()
-    stats.s0 += r.sum(0).double()
+    stats.s2 += s2.double()
+    stats.s0 += s0.double()
     stats.log_lik += ll.double().sum()
-    stats.count += x.shape[0]
+    stats.count += n
     if stats.num_worst:
-        m = min(stats.num_worst, x.shape[0])
-        idx = torch.topk(ll.detach(), m, largest=False).indices
-        stats.add_worst(x[idx], ll[idx], r[idx].argmax(1))
+        idx = torch.topk(ll, min(stats.num_worst, n), largest=False).indices
+        stats.add_worst(x[idx].to(dt), ll[idx], best[idx])
     return ll
 
 

@@ -8,13 +8,15 @@
     mfa.reconstruct(X, mask) # in-painting, mask True = observed
     mfa.bpd(X_uint8)         # bits/dim on gmlab's convention
 
-`fit` runs the same LightningModule (`gmlab.models.mfa.MFAModel`) as `gmlab-train`, on a
-Lightning Trainer without loggers or checkpoints. Inputs:
+`fit` runs the same LightningModules as `gmlab-train` (`gmlab.models.mfa.MFAModel`, then
+`gmlab.models.mfa_finetune.MFAFinetune` when `finetune_epochs` > 0) on Lightning Trainers
+without loggers or checkpoints. Inputs:
 
 * float arrays/tensors [N, d]: modelled as they are (any units);
 * integer arrays/tensors (uint8 pixels 0..255): dequantized, y = (x + u) / 256, so that
-  `score_samples` is the log-density of y on the unit cube, `bpd` the bits/dim of
-  DESIGN.md, and `sample` / `reconstruct` return pixel values in [0, 255];
+  `score_samples` is the log-density of y on the unit cube, `bpd` gmlab's bits/dim
+  (`gmlab.metrics.bits_per_dim`), and `sample` / `reconstruct` return pixel values in
+  [0, 255];
 * a gmlab DataModule: its training split (images [N, C, H, W] are flattened).
 
 Outputs are numpy arrays for numpy inputs and torch tensors otherwise.
@@ -35,6 +37,7 @@ from gmlab.distributions.mfa import NOISE_TYPES
 from gmlab.errors import NonFiniteError, ShapeError
 from gmlab.metrics import bits_per_dim
 from gmlab.models.mfa import MFAModel
+from gmlab.models.mfa_finetune import MFAFinetune
 
 __all__ = ["MFA"]
 
@@ -205,30 +208,17 @@ class MFA:
                 noise_reg=self.noise_reg,
                 reseed_below=self.reseed_below,
                 feature_sampling=self.feature_sampling,
-                em_passes=int(self.max_iter),
-                finetune_lr=self.finetune_lr,
                 seed=int(self.random_state),
             )
-            history = _History(self.tol, int(self.max_iter), int(self.finetune_epochs))
+            history = _History(self.tol)
             with _quiet(not self.verbose):
-                trainer = L.Trainer(
-                    accelerator=self.accelerator,
-                    devices=self.devices,
-                    max_epochs=int(self.max_iter) + int(self.finetune_epochs),
-                    logger=False,
-                    enable_checkpointing=False,
-                    enable_progress_bar=bool(self.verbose),
-                    enable_model_summary=False,
-                    num_sanity_val_steps=0,
-                    limit_val_batches=0,
-                    use_distributed_sampler=False,
-                    callbacks=[history],
-                )
-                trainer.fit(model, datamodule=dm)
+                self._trainer(int(self.max_iter), [history]).fit(model, datamodule=dm)
+                if self.finetune_epochs > 0:
+                    model = self._finetune(model, dm)
         self.model_ = model.eval()
         self.n_features_in_ = model.num_dims
         self.log_likelihood_ = list(history.history)
-        self.n_iter_ = history.em_passes_run
+        self.n_iter_ = history.passes
         self.converged_ = history.converged
         m = model.mixture
         self.means_ = m.means.detach().cpu().numpy()
@@ -236,6 +226,36 @@ class MFA:
         self.noise_variance_ = m.noise_variance.detach().cpu().numpy()
         self.weights_ = m.weights.detach().cpu().numpy()
         return self
+
+    def _trainer(self, max_epochs: int, callbacks: list) -> L.Trainer:
+        return L.Trainer(
+            accelerator=self.accelerator,
+            devices=self.devices,
+            max_epochs=max_epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=bool(self.verbose),
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            use_distributed_sampler=False,
+            callbacks=callbacks,
+        )
+
+    def _finetune(self, em: MFAModel, dm) -> MFAFinetune:
+        """`finetune_epochs` of Adam at `finetune_lr`, from the EM fit's parameters."""
+        hp = {k: em.hparams[k] for k in ("data_shape", "preprocess", "noise_floor", "seed")}
+        model = MFAFinetune(
+            **hp,
+            n_components=em.mixture.n_components,
+            n_factors=em.mixture.n_factors,
+            noise=em.mixture.noise,
+            optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": self.finetune_lr},
+        )
+        model.mixture.load_state_dict(em.mixture.state_dict())
+        model.initialized.fill_(True)
+        self._trainer(int(self.finetune_epochs), []).fit(model, datamodule=dm)
+        return model
 
     # ----------------------------------------------------------- inference
     def _model_space(self, X) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -310,7 +330,7 @@ class MFA:
 
     @torch.no_grad()
     def bpd(self, X_uint8, per_sample: bool = False):
-        """Bits/dim of integer pixels (0..255) on gmlab's convention (DESIGN.md):
+        """Bits/dim of integer pixels (0..255) on gmlab's convention:
         (-log p(y) + d ln 256) / (d ln 2) with y = (x + u) / 256. Needs a model fitted on
         integer pixels or on their dequantized values in [0, 1]. Mean, or [N] values."""
         self._check_fitted()
@@ -348,18 +368,16 @@ def _quiet(enabled: bool):
 
 
 class _History(L.Callback):
-    """Record train/ll per EM pass; end EM early (then fine-tune, if asked) at `tol`."""
+    """Record train/ll per EM pass; stop EM when it improves by less than `tol`."""
 
-    def __init__(self, tol: float, em_passes: int, finetune_epochs: int):
-        self.tol, self.em_passes, self.finetune_epochs = tol, em_passes, finetune_epochs
+    def __init__(self, tol: float):
+        self.tol = tol
         self.history: list[float] = []
-        self.em_passes_run = 0
+        self.passes = 0
         self.converged = False
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch >= pl_module.hparams.em_passes:
-            return  # fine-tuning epochs
-        self.em_passes_run = trainer.current_epoch + 1
+        self.passes = trainer.current_epoch + 1
         value = trainer.callback_metrics.get("train/ll")
         if value is None:
             return
@@ -367,8 +385,7 @@ class _History(L.Callback):
         h = self.history
         if self.tol > 0 and len(h) >= 2 and abs(h[-1] - h[-2]) < self.tol:
             self.converged = True
-            pl_module.hparams.em_passes = trainer.current_epoch + 1
-            trainer.fit_loop.max_epochs = trainer.current_epoch + 1 + self.finetune_epochs
+            trainer.should_stop = True
 
 
 class _TensorDataModule(InMemoryDataModule):
