@@ -22,7 +22,6 @@ from gmlab.errors import ConfigError, NonFiniteError, ShapeError
 from gmlab.metrics.bpd import bits_per_dim, nats_to_bits
 from gmlab.models.legacy import likelihood_spec
 from gmlab.models.parts import build_part
-from gmlab.utils.lr_schedule import wsd_factor
 from gmlab.utils.metric_kinds import BY_NAME, kind, stage_kinds
 
 # keys of an lr_scheduler config that are Lightning's, not the scheduler's
@@ -103,7 +102,6 @@ class GmlabModule(L.LightningModule):
     monitor: str = "val/bpd"
     monitor_mode: str = "min"
     checkpoint_version: int = 0
-    lr_schedule: dict | None = None
 
     @classmethod
     def migrate_hparams(cls, hparams: dict, version: int) -> dict:
@@ -121,14 +119,6 @@ class GmlabModule(L.LightningModule):
             self.hparams.get("optimizer"),
             self.hparams.get("lr_scheduler"),
         )
-
-    def use_lr_schedule(self, options: dict | None) -> None:
-        """Legacy (models with a flat `lr`): lr = hparams.lr * wsd_factor(global step)."""
-        self.lr_schedule = dict(options or {})
-        try:
-            wsd_factor(0, **self.lr_schedule)
-        except TypeError as exc:
-            raise ConfigError(f"model.lr_schedule: unknown option(s): {exc}") from exc
 
     def check_finite(self, value: torch.Tensor, metric: str, batch_idx: int | None = None) -> None:
         """Raise `NonFiniteError` naming the metric, stage and batch if `value` has NaN/inf."""
@@ -171,13 +161,8 @@ class GmlabModule(L.LightningModule):
         self.check_batch(batch, batch_idx)
         if not self.automatic_optimization or not self.trainer.optimizers:
             return
-        optimizer = self.trainer.optimizers[0]
-        if self.lr_schedule is not None:
-            lr = self.hparams.lr * wsd_factor(self.global_step, **self.lr_schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        if self.lr_schedule is not None or self.trainer.lr_scheduler_configs:
-            lr = optimizer.param_groups[0]["lr"]
+        if self.trainer.lr_scheduler_configs:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             self.log("train/lr", lr, batch_size=self.batch_inputs(batch).shape[0])
 
     def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0):

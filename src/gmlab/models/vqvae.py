@@ -26,7 +26,12 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from gmlab.errors import ConfigError
-from gmlab.models.base import GenerativeModel, image_grid
+from gmlab.models.base import (
+    GenerativeModel,
+    build_optimization,
+    flat_optimizer_hparams,
+    image_grid,
+)
 from gmlab.models.parts import build_part
 from gmlab.nn.pixelcnn import GatedPixelCNN
 from gmlab.nn.vector_quantizer import perplexity
@@ -93,7 +98,6 @@ class VQVAE(GenerativeModel):
             self.hparams.quantizer, "quantizer", num_codes=num_codes, dim=code_dim
         )
         self.decoder = VQDecoder(code_dim, params * channels, hidden, downsample, res_blocks)
-        self.use_lr_schedule(lr_schedule)
         self._val_counts: torch.Tensor | None = None
 
     @property
@@ -151,7 +155,11 @@ class VQVAE(GenerativeModel):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        """Adam with `lr` and the `lr_schedule` options, through the shared optimizer parts."""
+        parts = flat_optimizer_hparams(
+            {"lr": self.hparams.lr, "lr_schedule": self.hparams.lr_schedule}
+        )
+        return build_optimization(self.parameters(), parts["optimizer"], parts["lr_scheduler"])
 
     # -------------------------------------------------------------- evaluation
     def validation_step(self, batch, batch_idx: int):
@@ -258,7 +266,6 @@ class VQVAEPixelCNN(GenerativeModel):
         self.prior = GatedPixelCNN(
             autoencoder.num_codes, embed_dim, channels, num_blocks, kernel_size, head_channels
         )
-        self.use_lr_schedule(lr_schedule)
 
     def log_likelihood(self, x_raw: torch.Tensor) -> torch.Tensor:
         """[B] the bound log p(x | z_q(x)) + log p_PixelCNN(z_q(x))."""
@@ -274,7 +281,13 @@ class VQVAEPixelCNN(GenerativeModel):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.prior.parameters(), lr=self.hparams.lr)
+        """Adam over the PixelCNN with `lr` and the `lr_schedule` options (shared parts)."""
+        parts = flat_optimizer_hparams(
+            {"lr": self.hparams.lr, "lr_schedule": self.hparams.lr_schedule}
+        )
+        return build_optimization(
+            self.prior.parameters(), parts["optimizer"], parts["lr_scheduler"]
+        )
 
     metric_kinds = VQVAE.metric_kinds  # the same bound, with the PixelCNN's log p(z_q)
 
