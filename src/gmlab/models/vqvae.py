@@ -19,11 +19,11 @@ density, as every density model here).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from gmlab.errors import ConfigError
 from gmlab.models.base import (
@@ -172,19 +172,17 @@ class VQVAE(GenerativeModel):
 
     def on_validation_epoch_end(self) -> None:
         """Codebook use over the whole validation set (all ranks' counts summed):
-        perplexity, the number of codes used, and the codes' histogram (TensorBoard
-        `val/codes`)."""
+        perplexity and the number of codes used."""
         if self._val_counts is None:
             return
         counts = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum")
         self._val_counts = None
         self.log("val/perplexity", perplexity(counts), sync_dist=True)  # equal on all ranks
         self.log("val/codes_used", (counts > 0).sum().float(), sync_dist=True)
-        if self.trainer.is_global_zero:
-            codes = torch.repeat_interleave(torch.arange(self.num_codes), counts.cpu())
-            for logger in self.trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):  # which codes the data use
-                    logger.experiment.add_histogram("val/codes", codes, self.global_step)
+
+    def histograms(self, x_raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch's codes (the image callback logs their histogram as `val/codes`)."""
+        return {"codes": self.codes(x_raw).flatten()}
 
     # ---------------------------------------------------------------- sampling
     def decode_codes(self, codes: torch.Tensor, noise: bool = False) -> torch.Tensor:
@@ -327,11 +325,12 @@ def find_vqvae_checkpoint(spec: str, data_shape: Sequence[int], search_dir: str 
                 f"model.vqvae_ckpt={spec} is a directory without checkpoints/best-*.ckpt"
             )
         return str(best)
-    if not search_dir or not Path(search_dir).is_dir():
+    folder = Path(os.path.normpath(search_dir)) if search_dir else None  # "<run>/.." lexically
+    if folder is None or not folder.is_dir():
         raise ConfigError(
             f"model.vqvae_ckpt=auto needs model.search_dir, a folder of runs; got {search_dir}"
         )
-    runs = [best_checkpoint(run) for run in Path(search_dir).iterdir() if run.is_dir()]
+    runs = [best_checkpoint(run) for run in folder.iterdir() if run.is_dir()]
     for ckpt in sorted(filter(None, runs), key=lambda p: p.stat().st_mtime, reverse=True):
         checkpoint = read_checkpoint(ckpt)
         shape = checkpoint.get("hyper_parameters", {}).get("data_shape")
@@ -339,7 +338,7 @@ def find_vqvae_checkpoint(spec: str, data_shape: Sequence[int], search_dir: str 
             return str(ckpt)
     raise ConfigError(
         f"model.vqvae_ckpt=auto found no VQ-VAE checkpoint of {list(data_shape)} images in the "
-        f"runs under {Path(search_dir).resolve()}: train stage 1 first (e.g. gmlab-train -m "
+        f"runs under {folder.resolve()}: train stage 1 first (e.g. gmlab-train -m "
         "experiment=vqvae_mnist,vqvae_pixelcnn_mnist), or give model.vqvae_ckpt=<run or file>"
     )
 
