@@ -173,6 +173,27 @@ def test_experiment_presets_compose_and_build(name):
         assert model.prior.n_components == 1000
 
 
+@pytest.mark.parametrize(
+    ("name", "prior"),
+    [
+        ("vae_mnist_wide", "priors.NormalPrior"),
+        ("vae_mog_mnist_wide", "priors.MixturePrior"),
+        ("vae_vamp_mnist_wide", "nn.priors.VampPrior"),
+    ],
+)
+def test_wide_presets_share_every_setting_but_the_prior(name, prior):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}"])
+    m = cfg.model
+    assert m.prior._target_.endswith(prior) and m.prior.get("n_components", 500) == 500
+    assert m.encoder.hidden == m.decoder.hidden == [400, 400] and m.latent_dim == 32
+    assert m.likelihood._target_.endswith("BernoulliLikelihood")
+    assert m.preprocess.binarize == "dynamic" and m.kl_warmup_steps == 2750
+    assert m.optimizer.lr == 1e-3 and m.optimizer._target_ == "torch.optim.Adam"
+    assert (m.lr_scheduler.decay_start, m.lr_scheduler.decay_steps) == (50000, 50000)
+    assert (m.eval.iwae_k, cfg.trainer.max_steps, cfg.data.batch_size) == (5000, 100000, 200)
+
+
 @pytest.mark.parametrize("scale", ["unit", "symmetric"])
 def test_discretized_logistic_bins_follow_the_data_levels(scale):
     """With 17-level data the decoder's bins are the data's 17: the model-space density at
