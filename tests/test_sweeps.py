@@ -56,6 +56,40 @@ def test_job_key_is_the_sha1_of_the_sorted_overrides_without_hydra_and_ckpt_path
     assert job_key(["ckpt_path=a.ckpt"], "eval") != job_key(["ckpt_path=b.ckpt"], "eval")
 
 
+def test_launch_outcomes_count_only_this_launch(tmp_path):
+    """Synthetic records: this launch's finished / failed / killed / skipped jobs, one of an
+    earlier launch, one without times (a report-side skip) and a corrupt file."""
+    from gmlab.utils.runs import write_json_atomic
+    from gmlab.utils.sweep import launch_outcomes
+
+    now, old = "2026-01-02T10:00:05+00:00", "2026-01-01T09:00:00+00:00"
+    records = {
+        "done": {"status": "finished", "start_time": now},
+        "bad": {"status": "failed", "start_time": now},
+        "killed": {"status": "running", "start_time": now},
+        "earlier": {"status": "failed", "start_time": old},
+        "skip": {
+            "status": "finished",
+            "start_time": old,
+            "attempts": [{"status": "skipped", "start_time": now}],
+        },
+        "never": {"status": "skipped"},
+    }
+    for name, rec in records.items():
+        (tmp_path / name).mkdir()
+        write_json_atomic(tmp_path / name / "run.json", rec)
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "run.json").write_text("{not json")
+    since = datetime.fromisoformat("2026-01-02T10:00:00+00:00").timestamp()
+    got = {k: [p.name for p, _ in v] for k, v in launch_outcomes(tmp_path, since).items()}
+    assert got == {
+        "finished": ["done"],
+        "failed": ["bad"],
+        "skipped": ["skip"],
+        "unfinished": ["killed"],
+    }
+
+
 @pytest.mark.slow
 def test_failed_first_job_does_not_stop_the_sweep(tmp_path, run_env):
     """Jobs 0 and 2 (CIFAR-10, not on disk) fail, 1 and 3 (digits) run; the records, the

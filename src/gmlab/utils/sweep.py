@@ -241,15 +241,21 @@ def launch_outcomes(sweep_dir: Path, since: float) -> dict[str, list[tuple[Path,
         "skipped": [],
         "unfinished": [],
     }
+
+    def since_launch(stamp) -> bool:
+        try:
+            return iso_seconds(stamp) >= since
+        except (TypeError, ValueError):
+            return False
+
     for path in sorted(sweep_dir.rglob(RUN_RECORD)):
         record = read_json(path)
         if record is None:
             continue
-        attempts = record.get("attempts") or [{}]
-        last = attempts[-1]
-        if last.get("status") == "skipped" and iso_seconds(last["start_time"]) >= since:
+        last = (record.get("attempts") or [{}])[-1]
+        if last.get("status") == "skipped" and since_launch(last.get("start_time")):
             outcomes["skipped"].append((path.parent, record))
-        elif record.get("start_time") and iso_seconds(record["start_time"]) >= since:
+        elif since_launch(record.get("start_time")):
             status = record.get("status")
             outcome = status if status in ("finished", "failed") else "unfinished"
             outcomes[outcome].append((path.parent, record))
