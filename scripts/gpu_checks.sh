@@ -48,7 +48,7 @@ run() {  # run NAME OVERRIDES...: one preset on the GPU, in the background
 }
 run realnvp_mnist experiment=realnvp_mnist data.batch_size=256 trainer.max_epochs=-1
 run realnvp_mnist_no_net_norm experiment=realnvp_mnist data.batch_size=256 trainer.max_epochs=-1 \
-  model.net_norm=null
+  model.flow.net_norm=null
 run vae_mnist experiment=vae_mnist model.eval.iwae_k=5000
 run vae_mog_mnist experiment=vae_mog_mnist model.eval.iwae_k=5000
 run vae_mnist_wide experiment=vae_mnist_wide

@@ -83,7 +83,7 @@ def test_run_writes_metrics_checkpoints_and_stored_config(tmp_path):
 
 def test_gaussian_baseline_matches_closed_form_fit(tmp_path):
     """Trained by Adam, the factorized Gaussian reaches the closed-form MLE (sample mean/std)."""
-    cfg = make_cfg(tmp_path, [*POINTS, "trainer.max_epochs=150", "model.lr=0.05"])
+    cfg = make_cfg(tmp_path, [*POINTS, "trainer.max_epochs=150", "model.optimizer.lr=0.05"])
     cfg.callbacks = {}
     cfg.logger = {}
     datamodule, model, trainer = build(cfg)
@@ -107,7 +107,7 @@ def test_parallel_multirun_jobs_spread_over_gpus(tmp_path):
 def test_continuous_points_report_nats_and_sample_unclamped(tmp_path):
     """On real-valued points (num_levels=null) test/bpd is -log2 p(x) / D of the fitted
     density (checked against torch.distributions) and samples keep the data's range."""
-    cfg = make_cfg(tmp_path, [*POINTS, "trainer.max_epochs=40", "model.lr=0.05"])
+    cfg = make_cfg(tmp_path, [*POINTS, "trainer.max_epochs=40", "model.optimizer.lr=0.05"])
     cfg.callbacks = {}
     cfg.logger = {}
     datamodule, model, trainer = build(cfg)
