@@ -291,11 +291,7 @@ class VAE(GenerativeModel):
     def decode_to_data(self, z: torch.Tensor, noise: bool = False) -> torch.Tensor:
         params = self.decode(z)
         x = self.likelihood.sample(params) if noise else self.likelihood.mean(params)
-        return self.to_data_range(x)
-
-    def to_data_range(self, x: torch.Tensor) -> torch.Tensor:
-        """Model space -> pixels for images; 2-D points are returned as they are."""
-        return self.preprocess.to_pixels(x) if self.is_image else x
+        return self.to_data(x)
 
     def reconstruct(self, x_raw: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder means at the posterior means, in the data's range."""
