@@ -105,7 +105,7 @@ def test_classifier_scores(head, tmp_path, digits):
     scores = scorer(x)
     with torch.no_grad():
         joint = model.eval().joint(x).float()
-        features = model.trunk(model.inputs(x))
+        features = model.features(x)
     assert torch.allclose(scores["max_softmax"], joint.softmax(-1).max(-1).values, atol=1e-5)
     assert torch.allclose(scores[density], joint.logsumexp(-1), atol=1e-4)
     assert torch.allclose(scores["posthoc_log_pf"], scorer.gaussians.log_prob(features), atol=1e-4)

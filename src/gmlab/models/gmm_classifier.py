@@ -51,6 +51,12 @@ class GMMClassifier(GmlabModule):
             Adadelta with lr 1, constant.
         ece_bins: confidence bins of the calibration error.
         num_extremes: most / least likely digits per class in the image grids.
+        density_weight: lambda of the hybrid objective nll_loss + lambda_t (-log p(f)) / d
+            (GMM head; 0: the discriminative loss alone), lambda_t rising linearly from 0
+            over `density_warmup_steps` optimizer steps.
+        feature_norm: standardise each feature vector over its d entries (layer norm
+            without parameters) before the head: ||f - mean(f)||^2 = d for every input, so
+            the trunk cannot raise log p(f) by shrinking its features.
     """
 
     monitor = "val/acc"
@@ -76,12 +82,20 @@ class GMMClassifier(GmlabModule):
         lr_scheduler: dict | None = None,
         ece_bins: int = 15,
         num_extremes: int = 4,
+        density_weight: float = 0.0,
+        density_warmup_steps: int = 0,
+        feature_norm: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.hparams["optimizer"] = optimizer or {"_target_": "torch.optim.Adadelta", "lr": 1.0}
         if head not in HEADS:
             raise ConfigError(f"model.head must be one of {HEADS}, got {head!r}")
+        if density_weight < 0 or (density_weight > 0 and head != "gmm"):
+            raise ConfigError(
+                f"model.density_weight must be >= 0, and > 0 only with head=gmm (a density "
+                f"over the features); got {density_weight} with head={head}"
+            )
         self.data_shape = tuple(int(s) for s in data_shape)
         self.num_classes = num_classes
         if len(self.data_shape) == 3:
@@ -120,9 +134,18 @@ class GMMClassifier(GmlabModule):
         x = x_raw.float() / 255.0
         return (x - self.pixel_mean) / self.pixel_std
 
+    def features(self, x_raw: torch.Tensor) -> torch.Tensor:
+        """[B, d] the head's input f(x): the trunk's output (standardised: `feature_norm`)."""
+        f = self.trunk(self.inputs(x_raw))
+        if not self.hparams.get("feature_norm"):
+            return f
+        # eps far below any feature variance: the output is scale-invariant, so the loss
+        # has no gradient along the trunk's scale (its norm can only grow under SGD steps)
+        return F.layer_norm(f, f.shape[-1:], eps=1e-12)
+
     def joint(self, x_raw: torch.Tensor) -> torch.Tensor:
         """[B, S] class scores: log p(f(x), y) for the GMM head, logits for the linear head."""
-        f = self.trunk(self.inputs(x_raw))
+        f = self.features(x_raw)
         if isinstance(self.head, GaussianMixtureClassifier):
             return self.head.joint_log_prob(f)
         return self.head(f)
@@ -140,13 +163,27 @@ class GMMClassifier(GmlabModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x_raw, y = batch
         bs = x_raw.shape[0]
-        log_post = self(x_raw)
+        joint = self.joint(x_raw).float()
+        log_post = joint.log_softmax(-1)
         loss = F.nll_loss(log_post, y)
+        weight = self.density_weight(self.global_step)
+        if weight > 0:  # hybrid objective: + lambda_t (-log p(f)) per feature dimension
+            nll_features = -joint.logsumexp(-1).mean() / self.head.dim
+            self.log("train/nll_features", nll_features, batch_size=bs)
+            loss = loss + weight * nll_features
         self.check_finite(loss, "train/loss", batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         acc = (log_post.argmax(-1) == y).float().mean()
         self.log("train/acc", acc, batch_size=bs)
         return loss
+
+    def density_weight(self, step: int) -> float:
+        """lambda_t of the hybrid objective: linear warm-up to `density_weight`."""
+        lam, warmup = (
+            self.hparams.get("density_weight", 0.0),
+            self.hparams.get("density_warmup_steps", 0),
+        )
+        return lam * min(1.0, step / warmup) if warmup else lam
 
     def evaluate_batch(
         self, batch, stage: str, batch_idx: int

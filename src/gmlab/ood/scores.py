@@ -8,7 +8,7 @@ Density models (`log_likelihood(x_raw) -> [B]` nats, `to_bits`; the VAE's
     (Serra et al. 2020);
   * `typicality`: |bpd(x) - mean bpd on validation data| (Nalisnick et al. 2019's test
     for one sample; bpd is an affine map of -log p(x), so it ranks as the nats form).
-Classifiers (`joint(x_raw) -> [B, S]` class scores; features f = `trunk(inputs(x_raw))`) get
+Classifiers (`joint(x_raw) -> [B, S]` class scores, `features(x_raw) -> [B, d]`) get
   * `max_softmax`: max_y p(y | x) (Hendrycks & Gimpel 2017);
   * `log_pf` (GMM head: logsumexp of log p(f, y) = log p(f)) or `energy` (linear head:
     logsumexp of the logits, Liu et al. 2020);
@@ -106,9 +106,8 @@ class Scorer:
         return ((x_raw.float() >= prep.num_levels / 2) * top).to(torch.uint8)
 
     def features(self, x_raw: torch.Tensor) -> torch.Tensor:
-        """[N, d] the classifier's trunk output f(x), the head's input."""
-        model = self.model
-        return batched(lambda x: model.trunk(model.inputs(x)), x_raw, self.batch_size, self.device)
+        """[N, d] the classifier's features f(x), the head's input."""
+        return batched(self.model.features, x_raw, self.batch_size, self.device)
 
     # ------------------------------------------------------------------ fit
     def fit(self, x_val: torch.Tensor, x_train: torch.Tensor, y_train: torch.Tensor) -> Scorer:
