@@ -45,8 +45,8 @@ MODELS = {
     "mppca": ["model.n_components=4", "model.n_factors=2"],
     "gmm_classifier": ["model.features=32"],
     "vae": [],
-    "vae_mog": ["model.n_components=10"],
-    "vlae": ["model.architecture=mlp", "model.made_hidden=[32,32]"],  # conv needs 32x32
+    "vae_mog": ["model.prior.n_components=10"],
+    "vlae": ["model/encoder=mlp", "model/decoder=mlp", "model.prior.hidden=[32,32]"],  # 8x8
     "realnvp": ["model.flow.num_blocks=1", "model.flow.filters=8"],
 }
 
