@@ -34,12 +34,12 @@ def test_eval_reports_ood_metrics_and_histograms(tmp_path, run_env):
     metrics = json.loads((run / "metrics.json").read_text())
     assert "test/bpd" in metrics  # the model's own test pass ran too
     for ood_set in ("noise", "constant"):
-        for score in ("bpd", "complexity", "typicality"):
+        for score in ("bpd", "complexity", "typicality", "complexity_typicality"):
             for key in ("auroc", "aupr", "fpr95"):
                 value = metrics[f"test/ood/{ood_set}/{score}/{key}"]
                 assert 0.0 <= value <= 1.0
         with Image.open(run / "images" / "ood" / f"{ood_set}.png") as image:
-            assert image.width > 2 * image.height  # three panels side by side
+            assert image.width > 3 * image.height  # four panels side by side
     # an MFA fitted to digits (3 steps) gives uniform noise far less likelihood
     assert metrics["test/ood/noise/bpd/auroc"] > 0.99
     assert metrics["test/ood/noise/bpd/mean"] > metrics["test/ood/in/bpd/mean"] + 1.0
@@ -64,7 +64,7 @@ def test_ood_errors_name_the_choices(tmp_path, run_env):
     assert "'digits28' holds images of shape [1, 28, 28]" in message
     assert "model takes [1, 8, 8]" in message and "noise, constant" in message
     assert "mnist_inverted" in message  # all the sets
-    with pytest.raises(ConfigError, match="bpd, complexity, typicality"):
+    with pytest.raises(ConfigError, match="bpd, complexity, typicality, complexity_typicality"):
         evaluate_ood(
             model, DigitsDataModule(), eval_config(["ood=noise", "ood.scores=[energy]"]), tmp_path
         )

@@ -52,7 +52,7 @@ def test_density_scores(name, tmp_path, digits):
     x_val, (x_train, y_train), x_test = digits
     model = density_model(name, tmp_path)
     scorer = Scorer(model, compressor="zlib", iwae_k=4, batch_size=5).fit(x_val, x_train, y_train)
-    assert scorer.names == ("bpd", "complexity", "typicality")
+    assert scorer.names == ("bpd", "complexity", "typicality", "complexity_typicality")
     x = torch.cat([x_test, degenerate_images()])
     torch.manual_seed(0)
     scores = scorer(x)
@@ -78,6 +78,8 @@ def test_density_scores(name, tmp_path, digits):
     val_mean = scorer.bpd(x_val).double().mean()
     assert scorer.val_mean_bpd == pytest.approx(float(val_mean), rel=0.05)
     assert torch.allclose(scores["typicality"], (scores["bpd"] - scorer.val_mean_bpd).abs())
+    centre = scorer.val_mean_complexity
+    assert torch.allclose(scores["complexity_typicality"], (scores["complexity"] - centre).abs())
 
 
 def test_the_vae_is_scored_by_its_bound_with_the_ood_k(tmp_path, digits):

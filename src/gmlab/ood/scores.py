@@ -7,7 +7,10 @@ Density models (`log_likelihood(x_raw) -> [B]` nats, `to_bits`; the VAE's
     minus the log2 likelihood ratio against a compressor's universal density, per dim
     (Serra et al. 2020);
   * `typicality`: |bpd(x) - mean bpd on validation data| (Nalisnick et al. 2019's test
-    for one sample; bpd is an affine map of -log p(x), so it ranks as the nats form).
+    for one sample; bpd is an affine map of -log p(x), so it ranks as the nats form);
+  * `complexity_typicality`: the same two-sided test on the complexity-corrected score,
+    |complexity(x) - its validation mean| (flags inputs too complex for their likelihood
+    as well as too simple).
 Classifiers (`joint(x_raw) -> [B, S]` class scores, `features(x_raw) -> [B, d]`) get
   * `max_softmax`: max_y p(y | x) (Hendrycks & Gimpel 2017);
   * `log_pf` (GMM head: logsumexp of log p(f, y) = log p(f)) or `energy` (linear head:
@@ -38,6 +41,7 @@ SCORES = {
     "bpd": ScoreInfo("bits/dim", True),
     "complexity": ScoreInfo("bpd - compressor bits/dim", True),
     "typicality": ScoreInfo("|bpd - mean validation bpd|", True),
+    "complexity_typicality": ScoreInfo("|complexity - its validation mean|", True),
     "max_softmax": ScoreInfo("max_y p(y|x)", False),
     "log_pf": ScoreInfo("log p(f(x)), nats", False),
     "energy": ScoreInfo("logsumexp of the logits", False),
@@ -73,12 +77,13 @@ class Scorer:
         self.device = torch.device(device)
         self.is_classifier = hasattr(model, "joint")
         self.val_mean_bpd: float | None = None
+        self.val_mean_complexity: float | None = None
         self.gaussians: ClassGaussians | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         if not self.is_classifier:
-            return ("bpd", "complexity", "typicality")
+            return ("bpd", "complexity", "typicality", "complexity_typicality")
         head = "energy" if isinstance(self.model.head, torch.nn.Linear) else "log_pf"
         return ("max_softmax", head, "posthoc_log_pf")
 
@@ -114,7 +119,10 @@ class Scorer:
         if self.is_classifier:
             self.gaussians = ClassGaussians().fit(self.features(x_train), y_train)
         else:
-            self.val_mean_bpd = float(self.bpd(x_val).double().mean())
+            bpd = self.bpd(x_val)
+            self.val_mean_bpd = float(bpd.double().mean())
+            corrected = bpd - complexity_bits_per_dim(self.complexity_input(x_val), self.compressor)
+            self.val_mean_complexity = float(corrected.double().mean())
         return self
 
     # --------------------------------------------------------------- scores
@@ -127,16 +135,17 @@ class Scorer:
         return self._classifier(x_raw, names) if self.is_classifier else self._density(x_raw, names)
 
     def _density(self, x_raw: torch.Tensor, names) -> dict[str, torch.Tensor]:
+        if {"typicality", "complexity_typicality"} & set(names) and self.val_mean_bpd is None:
+            raise RuntimeError("Scorer.fit must see validation data for the typicality scores")
         bpd = self.bpd(x_raw)
         out = {"bpd": bpd}
-        if "complexity" in names:
-            out["complexity"] = bpd - complexity_bits_per_dim(
-                self.complexity_input(x_raw), self.compressor
-            )
+        if {"complexity", "complexity_typicality"} & set(names):
+            shown = self.complexity_input(x_raw)
+            out["complexity"] = bpd - complexity_bits_per_dim(shown, self.compressor)
         if "typicality" in names:
-            if self.val_mean_bpd is None:
-                raise RuntimeError("Scorer.fit must see validation data for the typicality score")
             out["typicality"] = (bpd - self.val_mean_bpd).abs()
+        if "complexity_typicality" in names:
+            out["complexity_typicality"] = (out["complexity"] - self.val_mean_complexity).abs()
         return {n: out[n] for n in names}
 
     def _classifier(self, x_raw: torch.Tensor, names) -> dict[str, torch.Tensor]:
