@@ -354,7 +354,7 @@ class SufficientStats:
         self.worst_x, self.worst_ll, self.worst_comp = xs[idx], lls[idx], comps[idx]
 
 
-E_STEP_ROWS = 512  # rows per E-step block: its [rows, d] work tensors stay in cache
+E_STEP_ROWS = 16384  # rows per E-step block (bounds the [rows, K (l + 1)] work tensors)
 
 
 @torch.no_grad()
@@ -369,10 +369,9 @@ def e_step(
 ) -> Tensor:
     """Accumulate one batch's sufficient statistics; returns its log-likelihoods [n].
 
-    The batch is processed in blocks of `block_rows` rows, so that x~, x~^2 and the
-    products' operands stay in the CPU caches between the four matrix products; the
-    statistics are summed in the parameters' dtype over the batch and added to the float64
-    accumulators once per batch.
+    The batch is processed in blocks of `block_rows` rows; the statistics are summed over
+    the batch in the parameters' dtype (`addmm_` into one buffer per statistic) and added
+    to the float64 accumulators once per batch.
 
     Args:
         x: [n, d] points (model space).
