@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gmlab.report import cli, curves
-from gmlab.report.runs import read_run
+from gmlab.report.runs import find_runs, read_run
 
 IWAE = {"kind": "iwae_bound", "k": 1000, "bound": True}
 EXACT = {"kind": "exact", "bound": False}
@@ -297,3 +297,9 @@ def test_no_runs_and_missing_paths_are_one_error_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {path}: {why}"[: len("error: ")]) and why in err
         assert len(err.splitlines()) == 1
+
+
+def test_job_folders_in_numeric_order_beside_relaunch_folders(tmp_path):
+    for name in ("10", "2", "0-d31338c3", "0"):
+        write_run(tmp_path / name, metrics={"test/bpd": 1.0})
+    assert [p.name for p in find_runs([tmp_path])] == ["0", "2", "10", "0-d31338c3"]

@@ -99,8 +99,8 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 
 
 def _natural_key(path: Path) -> list:
-    """Multirun job folders 0, 1, ..., 10 in numeric order."""
-    return [int(part) if part.isdigit() else part for part in path.parts]
+    """Multirun job folders 0, 1, ..., 10 in numeric order, before names such as 0-d31338c3."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
 
 
 def read_run(path: Path, stale_after_s: float, now: float | None = None) -> Run:
