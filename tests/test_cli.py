@@ -6,21 +6,7 @@ import json
 import shutil
 
 import pytest
-from support.cli import gmlab
-
-POINTS = [
-    "model=gaussian",
-    "data._target_=support.callbacks.PointsDataModule",
-    "~data.test_size",
-    "data.shape=[2]",
-    "data.batch_size=32",
-    "data.val_size=64",
-    "trainer.max_epochs=4",
-    "trainer.deterministic=true",
-    "~callbacks.progress_bar",
-    "~callbacks.model_summary",
-    "seed=7",
-]
+from support.cli import POINTS, gmlab
 
 
 def test_sigkilled_run_resumes_to_identical_metrics(tmp_path, run_env):

@@ -15,25 +15,12 @@ import lightning
 import pytest
 import torch
 import yaml
-from support.cli import gmlab
+from support.cli import POINTS, gmlab
 from support.sweeps import hparams_table, kill_once, metrics, record
 
 from gmlab.utils.sweep import job_key
 
 REPO = Path(__file__).resolve().parents[1]
-POINTS = [
-    "model=gaussian",
-    "data._target_=support.callbacks.PointsDataModule",
-    "~data.test_size",
-    "data.shape=[2]",
-    "data.batch_size=32",
-    "data.val_size=64",
-    "trainer.max_epochs=4",
-    "trainer.deterministic=true",
-    "~callbacks.progress_bar",
-    "~callbacks.model_summary",
-    "seed=7",
-]
 SAME = ("test/bpd", "test/nll", "val/bpd")
 
 

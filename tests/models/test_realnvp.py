@@ -16,7 +16,7 @@ from torch.autograd.functional import jacobian
 from gmlab.data import DigitsDataModule
 from gmlab.distributions.normal import std_normal_log_prob_flat
 from gmlab.errors import ConfigError, ShapeError
-from gmlab.models.realnvp import RealNVP
+from gmlab.models.realnvp import FLOW_V0, RealNVP
 from gmlab.nn.flows import (
     AffineCoupling,
     BatchNormFlow,
@@ -32,17 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 TINY = {"num_blocks": 1, "filters": 8, "channels_last": False}
-FLOW_OPTIONS = {
-    "num_scales",
-    "num_blocks",
-    "filters",
-    "filter_growth",
-    "kernel_size",
-    "alpha",
-    "norm",
-    "net_norm",
-    "channels_last",
-}
+FLOW_OPTIONS = set(FLOW_V0)
 
 
 def make(shape, lr: float | None = None, **options) -> RealNVP:
