@@ -224,9 +224,8 @@ class FixedBatch:
 
 def vae_gap(dm, steps: int, fixed: bool = False) -> tuple[float, float]:
     """(median thread-CPU ms per vae_mnist step, median share of it between steps)."""
-    import lightning as L
-
     from benchmarks.bench_vae import SETTINGS, StepTimer
+    from benchmarks.common import step_timing_trainer
     from gmlab.models.vae import VAE
 
     class ThreadTimer(StepTimer):
@@ -244,19 +243,7 @@ def vae_gap(dm, steps: int, fixed: bool = False) -> tuple[float, float]:
     cfg = SETTINGS["vae_mnist"]
     model = VAE(data_shape=cfg["shape"], **cfg["model"])
     timer = ThreadTimer(warmup=3)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        limit_train_batches=steps + 4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[timer],
-    )
+    trainer = step_timing_trainer(timer, limit_train_batches=steps + 4)
     loaders = {"train_dataloaders": FixedBatch(dm.train_dataloader())} if fixed else {}
     trainer.fit(model, datamodule=None if fixed else dm, **loaders)
     step = statistics.median(timer.steps)

@@ -28,7 +28,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from benchmarks.common import best_time, synced
+from benchmarks.common import best_time, step_timing_trainer, synced
 from gmlab.data.base import InMemoryDataModule
 from gmlab.models.vae import VAE
 
@@ -106,18 +106,7 @@ def lightning_speed(model: L.LightningModule, shape, batch: int, steps: int, dev
     warmup = 3
     dm = RandomImages(batch * (steps + warmup + 1), shape, batch_size=batch)
     timer = StepTimer(warmup)
-    trainer = L.Trainer(
-        accelerator=device,
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[timer],
-    )
+    trainer = step_timing_trainer(timer, accelerator=device)
     trainer.fit(model, datamodule=dm)
     step = statistics.median(timer.steps)
     return {"img_s": batch / step, "load_frac": statistics.median(timer.loads) / step}

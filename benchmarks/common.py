@@ -55,3 +55,23 @@ def machine() -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{torch.get_num_threads()} torch threads (torch {torch.__version__})"
     )
+
+
+def step_timing_trainer(callback, accelerator: str = "cpu", **options):
+    """A quiet one-epoch Lightning Trainer for timing training steps: no validation,
+    logging, checkpoints or progress bar; `callback` records the step times."""
+    import lightning as L
+
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[callback],
+        **options,
+    )
