@@ -252,12 +252,17 @@ def test_local_gpus_launcher_keeps_going_on_the_cpu(tmp_path, run_env):
 
 @pytest.mark.slow
 def test_optuna_marks_a_failed_trial_failed_and_goes_on(tmp_path, run_env):
-    """The failed job returns None (a NaN would stop hydra-optuna-sweeper 1.3's study)."""
+    """The failed job returns None (a NaN would stop hydra-optuna-sweeper 1.3's study).
+
+    Seed 0 of the random sampler draws digits, then cifar10: the failed trial comes last,
+    the case in which a study could end early.
+    """
     sweep = tmp_path / "sweep"
     args = [
         "-m",
         "hydra/sweeper=optuna",
-        "hydra/sweeper/sampler=grid",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=0",
         "hydra.sweeper.n_trials=2",
         "data=choice(cifar10,digits)",
         "optimized_metric=val/bpd",
@@ -271,6 +276,7 @@ def test_optuna_marks_a_failed_trial_failed_and_goes_on(tmp_path, run_env):
     out = gmlab("gmlab-train", args, run_env, check=False)
     assert out.returncode == 1, out.stderr
     assert "1 finished, 1 failed, 0 skipped, 0 unfinished" in out.stdout
+    assert record(sweep / "1")["error"]["type"] == "DataNotFoundError"  # the last trial
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     (done,) = [p for p in sweep.iterdir() if (p / "metrics.json").is_file()]
     assert best["best_params"] == {"data": "digits"}
