@@ -141,7 +141,7 @@ def test_presets_build_both_stages(tmp_path, data):
     if data != "digits":  # the seed's settings
         assert (stage_one.num_codes, stage_one.hparams.code_dim) == (128, 256)
         assert stage_one.grid_shape == (8, 8)
-        assert (cfg.data.batch_size, stage_one.hparams.lr) == (128, 1e-3)
+        assert (cfg.data.batch_size, stage_one.hparams.optimizer["lr"]) == (128, 1e-3)
     path = save_untrained(stage_one, tmp_path / "stage1.ckpt")
     cfg = train_config(tmp_path, [f"experiment=vqvae_pixelcnn_{data}", f"model.vqvae_ckpt={path}"])
     stage_two = hydra.utils.instantiate(cfg.model, _convert_="all")
@@ -219,17 +219,36 @@ def test_checkpoints_written_before_the_quantizer_parts_still_load(tmp_path):
         torch.testing.assert_close(old.log_likelihood(x), reference, rtol=1e-5, atol=1e-4)
 
     saved = read_checkpoint(V0 / "vqvae.ckpt")
-    stage_two = VQVAEPixelCNN(old.data_shape, vqvae=dict(saved["hyper_parameters"]), num_blocks=1)
+    assert "lr" in saved["hyper_parameters"] and "version" not in saved["gmlab"]
+    assert (
+        "lr" not in old.hparams and old.hparams.optimizer["lr"] == saved["hyper_parameters"]["lr"]
+    )
+    stage_two = VQVAEPixelCNN(old.data_shape, vqvae=dict(old.hparams), num_blocks=1)
     state = {k: v for k, v in stage_two.state_dict().items() if not k.startswith("vqvae.")}
     state.update({f"vqvae.{k}": v for k, v in saved["state_dict"].items()})  # as then written
-    checkpoint = {
+    flat = {k: v for k, v in stage_two.hparams.items() if k not in ("optimizer", "lr_scheduler")}
+    checkpoint = {  # the layout of that time: flat options here and in the embedded VQ-VAE
         "state_dict": state,
-        "hyper_parameters": {**dict(stage_two.hparams), "vqvae": saved["hyper_parameters"]},
+        "hyper_parameters": {
+            **flat,
+            "lr": 3e-4,
+            "lr_schedule": {},
+            "vqvae": saved["hyper_parameters"],
+        },
         "pytorch-lightning_version": L.__version__,
     }
     stage_two.on_save_checkpoint(checkpoint)
+    del checkpoint["gmlab"]["version"]
     torch.save(checkpoint, tmp_path / "stage2.ckpt")
     model = load_model(tmp_path / "stage2.ckpt").eval()
+    assert (
+        model.hparams.optimizer["lr"] == 3e-4
+        and model.vqvae.hparams.optimizer["lr"] == old.hparams.optimizer["lr"]
+    )
+    assert model.hparams.lr_scheduler["_target_"].endswith("WarmupStableDecay")
+    assert [p.data_ptr() for p in model.optimizer_parameters()] == [
+        p.data_ptr() for p in model.prior.parameters()
+    ]
     torch.manual_seed(0)
     with torch.no_grad():
         recon, codes = model.vqvae.reconstruction_log_prob(x)

@@ -26,12 +26,7 @@ from pathlib import Path
 import torch
 
 from gmlab.errors import ConfigError
-from gmlab.models.base import (
-    GenerativeModel,
-    build_optimization,
-    flat_optimizer_hparams,
-    image_grid,
-)
+from gmlab.models.base import GenerativeModel, flat_optimizer_hparams, image_grid
 from gmlab.models.parts import build_part
 from gmlab.nn.pixelcnn import GatedPixelCNN
 from gmlab.nn.vector_quantizer import perplexity
@@ -41,6 +36,7 @@ from gmlab.utils.checkpoint import load_model, model_class, read_checkpoint
 # the seed's codebook: learned by gradient from U(-1/K, 1/K), no revival (checkpoints
 # written before the quantizer option hold this one)
 GRADIENT_QUANTIZER = {"_target_": "gmlab.nn.vector_quantizer.VectorQuantizer"}
+ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 
 
 class VQVAE(GenerativeModel):
@@ -60,8 +56,11 @@ class VQVAE(GenerativeModel):
         quantizer: the codebook part, a config dict with `_target_` (`model/quantizer=ema`
             or `gradient`); K and D come from num_codes and code_dim. None: the seed's
             gradient codebook.
-        lr: Adam learning rate; lr_schedule: `WarmupStableDecay` options (empty: constant).
+        optimizer, lr_scheduler: the `model/optimizer` and `model/lr_scheduler` part configs
+            (None: Adam at 1e-3, constant lr).
     """
+
+    checkpoint_version = 1  # 0: a flat `lr` and `lr_schedule`
 
     def __init__(
         self,
@@ -75,12 +74,13 @@ class VQVAE(GenerativeModel):
         likelihood: str = "discretized_logistic",
         beta: float = 0.25,
         quantizer: dict | None = None,
-        lr: float = 1e-3,
-        lr_schedule: dict | None = None,
+        optimizer: dict | None = None,
+        lr_scheduler: dict | None = None,
     ) -> None:
         super().__init__(data_shape, preprocess)
         self.save_hyperparameters()
         self.hparams["quantizer"] = dict(quantizer or GRADIENT_QUANTIZER)
+        self.hparams["optimizer"] = dict(optimizer or ADAM)
         if not self.is_image:
             raise ConfigError(f"VQVAE models [C, H, W] images, got data_shape {self.data_shape}")
         channels, height, width = self.data_shape
@@ -154,12 +154,9 @@ class VQVAE(GenerativeModel):
         self.log("train/revived", float(q.revived), reduce_fx="sum", on_step=False, on_epoch=True)
         return loss
 
-    def configure_optimizers(self):
-        """Adam with `lr` and the `lr_schedule` options, through the shared optimizer parts."""
-        parts = flat_optimizer_hparams(
-            {"lr": self.hparams.lr, "lr_schedule": self.hparams.lr_schedule}
-        )
-        return build_optimization(self.parameters(), parts["optimizer"], parts["lr_scheduler"])
+    @classmethod
+    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
+        return hparams if version >= 1 else flat_optimizer_hparams(hparams)
 
     # -------------------------------------------------------------- evaluation
     def validation_step(self, batch, batch_idx: int):
@@ -231,8 +228,11 @@ class VQVAEPixelCNN(GenerativeModel):
         vqvae: the VQ-VAE's hyperparameters; filled from `vqvae_ckpt` on the first build,
             so that this model's own checkpoints rebuild without that file.
         embed_dim, channels, num_blocks, kernel_size, head_channels: `GatedPixelCNN`'s.
-        lr: Adam learning rate; lr_schedule: `WarmupStableDecay` options (empty: constant).
+        optimizer, lr_scheduler: part configs for the PixelCNN's optimization (None: Adam at
+            1e-3, constant lr).
     """
+
+    checkpoint_version = 1  # 0: a flat `lr` and `lr_schedule`, also in the embedded `vqvae`
 
     def __init__(
         self,
@@ -245,8 +245,8 @@ class VQVAEPixelCNN(GenerativeModel):
         num_blocks: int = 12,
         kernel_size: int = 3,
         head_channels: int = 512,
-        lr: float = 1e-3,
-        lr_schedule: dict | None = None,
+        optimizer: dict | None = None,
+        lr_scheduler: dict | None = None,
     ) -> None:
         if not vqvae and vqvae_ckpt:
             vqvae_ckpt = find_vqvae_checkpoint(vqvae_ckpt, data_shape, search_dir)
@@ -255,6 +255,7 @@ class VQVAEPixelCNN(GenerativeModel):
         self.save_hyperparameters()
         self.hparams["vqvae_ckpt"] = vqvae_ckpt  # the file found, for the record
         self.hparams["vqvae"] = dict(autoencoder.hparams)
+        self.hparams["optimizer"] = dict(optimizer or ADAM)
         if self.data_shape != autoencoder.data_shape:
             raise ConfigError(
                 f"the VQ-VAE was trained on {list(autoencoder.data_shape)} images, "
@@ -278,14 +279,18 @@ class VQVAEPixelCNN(GenerativeModel):
         self.log("train/loss", loss, prog_bar=True, batch_size=codes.shape[0])
         return loss
 
-    def configure_optimizers(self):
-        """Adam over the PixelCNN with `lr` and the `lr_schedule` options (shared parts)."""
-        parts = flat_optimizer_hparams(
-            {"lr": self.hparams.lr, "lr_schedule": self.hparams.lr_schedule}
-        )
-        return build_optimization(
-            self.prior.parameters(), parts["optimizer"], parts["lr_scheduler"]
-        )
+    @classmethod
+    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
+        if version >= 1:
+            return hparams
+        hp = flat_optimizer_hparams(hparams)
+        if hp.get("vqvae"):
+            hp["vqvae"] = VQVAE.migrate_hparams(dict(hp["vqvae"]), 0)
+        return hp
+
+    def optimizer_parameters(self):
+        """The PixelCNN only: the VQ-VAE stays frozen."""
+        return self.prior.parameters()
 
     metric_kinds = VQVAE.metric_kinds  # the same bound, with the PixelCNN's log p(z_q)
 
