@@ -2,6 +2,7 @@
 bits/dim on the shared convention, gathered into one table by gmlab-report.
 
 usage: GMLAB_DATA=/path/with/MNIST python scripts/leaderboard.py [--out DIR] [--only a,b]
+           [--max-seeds N]
        LEADERBOARD_SMOKE=1 GMLAB_DATA=... python scripts/leaderboard.py   # pipeline check only
 
 Each family is a multirun `gmlab-train -m experiment=<name>_mnist_board seed=...` into
@@ -59,8 +60,10 @@ def extra(name: str, smoke: bool) -> list[str]:
     return [*QUIET, *SMOKE["*"], *SMOKE.get(name, [])] if smoke else QUIET
 
 
-def seeds_of(count: int, smoke: bool) -> list[int]:
-    return list(range(1, (min(count, 2) if smoke else count) + 1))
+def seeds_of(count: int, smoke: bool, most: int | None = None) -> list[int]:
+    """Seeds 1..count, at most `most` (and 2 in a smoke run)."""
+    count = min(count, 2) if smoke else count
+    return list(range(1, min(count, most or count) + 1))
 
 
 def finished_job(sweep: Path, seed: int) -> Path | None:
@@ -127,6 +130,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=default_out)
     parser.add_argument("--only", help="comma-separated families, e.g. gaussian,mfa")
+    parser.add_argument(
+        "--max-seeds",
+        type=int,
+        help="run seeds 1..N only (a later run without it adds the others, skipping these)",
+    )
     args = parser.parse_args()
     if not os.environ.get("GMLAB_DATA"):
         print("error: set GMLAB_DATA to the folder holding MNIST/raw/", file=sys.stderr)
@@ -136,7 +144,7 @@ def main() -> int:
     for name, count in BOARD:
         if only and name not in only:
             continue
-        seeds = seeds_of(count, smoke)
+        seeds = seeds_of(count, smoke, args.max_seeds)
         if name == "vqvae_pixelcnn":
             failed |= run_vq_stage2(args.out, seeds, extra(name, smoke))
             continue

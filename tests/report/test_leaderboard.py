@@ -71,3 +71,11 @@ def test_failed_stage_one_marks_stage_two_skipped(tmp_path, monkeypatch):
     stage1(tmp_path / "vqvae" / "2", 2, "finished")
     board.run_vq_stage2(tmp_path, [2], [])
     assert not skipped.exists() and calls[-1][2] == "seed=2"
+
+
+def test_seed_lists_honour_the_preset_count_the_smoke_cap_and_max_seeds():
+    board = load_script()
+    assert board.seeds_of(3, smoke=False) == [1, 2, 3]
+    assert board.seeds_of(3, smoke=True) == [1, 2]
+    assert board.seeds_of(3, smoke=False, most=1) == [1]
+    assert board.seeds_of(1, smoke=False, most=3) == [1]  # RealNVP's single seed stays one
