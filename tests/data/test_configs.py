@@ -10,9 +10,11 @@ import hydra
 import pytest
 from omegaconf import OmegaConf
 from support.cli import gmlab
+from support.compose import train_config
 
 from gmlab.data import CachedDataModule
 from gmlab.errors import ShapeError
+from gmlab.train import train
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
 WRITERS = {
@@ -88,9 +90,7 @@ def test_eval_finds_moved_data_through_data_root(tmp_path, run_env, files):
     files.write_mnist(old, n_train=200, n_test=30)
     run = tmp_path / "run"
     data = ["data=mnist", f"data.root={old}", "data.val_size=40"]
-    quiet = ["~callbacks.progress_bar", "~callbacks.model_summary"]
-    args = [*data, "model=gaussian", "trainer.max_epochs=1", *quiet, f"hydra.run.dir={run}"]
-    gmlab("gmlab-train", args, run_env)
+    train(train_config(run, [*data, "model=gaussian", "trainer.max_epochs=1"]))  # in-process
     old.rename(new)
     best = str(next((run / "checkpoints").glob("best-*.ckpt")))
 
