@@ -3,6 +3,7 @@ MFAFinetune, DDP."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from support.trainer import quiet_trainer
 
 from gmlab.data.digits import DigitsDataModule
 from gmlab.estimators.mfa import _TensorDataModule
-from gmlab.models.mfa import MFAModel
+from gmlab.models.mfa import MFABase, MFAModel
 from gmlab.models.mfa_finetune import MFAFinetune
 from gmlab.train import build, train
 from gmlab.utils.checkpoint import load_model
@@ -220,3 +221,20 @@ def test_robust_density_is_the_mixture_of_the_components_and_their_broad_twins()
         torch.testing.assert_close(model.log_likelihood(x), m.log_prob(x))
         model.hparams.outlier_weight = eps
     assert (model.mixture.noise_variance < floor).any()  # the fitted mixture is untouched
+
+
+@pytest.mark.parametrize("cls", [MFAModel, MFAFinetune])
+def test_hyperparameters_hold_every_option_also_the_defaults(cls):
+    """The subclasses pass `MFABase`'s options through by keyword; the checkpoint's
+    hyperparameters still list all of them, so a later change of a default cannot change
+    what an old checkpoint means."""
+    model = cls([4], n_components=2, noise="isotropic")
+    names = set(inspect.signature(MFABase.__init__).parameters) - {"self"}
+    names |= set(inspect.signature(cls.__init__).parameters) - {"self", "mixture"}
+    assert set(model.hparams) == names
+    assert (model.hparams.n_components, model.hparams.noise) == (2, "isotropic")
+    assert (
+        model.hparams.init_samples
+        == inspect.signature(MFABase.__init__).parameters["init_samples"].default
+    )
+    assert model.mixture.n_components == 2 and model.mixture.noise == "isotropic"

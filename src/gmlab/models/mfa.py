@@ -94,6 +94,7 @@ class MFABase(GenerativeModel):
                 f"model.outlier_weight must be in [0, 1) and model.outlier_floor > 0, got "
                 f"{outlier_weight} and {outlier_floor}"
             )
+        self.save_hyperparameters()  # with the calling subclass constructor's arguments
         self.mixture = MixtureOfFactorAnalyzers(n_components, self.num_dims, n_factors, noise)
         self.register_buffer("initialized", torch.tensor(False))
 
@@ -282,7 +283,7 @@ class MFAModel(MFABase):
     A resumed run restores the epoch (= pass) counter, the parameters and the
     `initialized` flag, and continues with the next pass.
 
-    Args (besides `MFABase`'s):
+    Args (`mixture`: `MFABase`'s, by keyword):
         noise_reg: added to every noise variance after each M-step (scikit-learn's
             `reg_covar`); regularizes pixels that are nearly constant in a component.
         reseed_below: components whose responsibility mass in a pass is below this many
@@ -296,42 +297,16 @@ class MFAModel(MFABase):
     def __init__(
         self,
         data_shape,
-        preprocess: dict | None = None,
-        n_components: int = 10,
-        n_factors: int = 4,
-        noise: str = "diagonal",
-        init: str = "kmeans",
-        init_samples: int = 20000,
-        kmeans_iters: int = 20,
-        noise_floor: float = 1e-6,
         noise_reg: float = 0.0,
         reseed_below: float = 1.0,
         feature_sampling: float | None = None,
-        reconstruct_mode: str = "map",
-        seed: int = 0,
-        outlier_weight: float = 0.0,
-        outlier_floor: float = 1e-3,
+        **mixture,
     ) -> None:
-        super().__init__(
-            data_shape,
-            preprocess,
-            n_components,
-            n_factors,
-            noise,
-            init,
-            init_samples,
-            kmeans_iters,
-            noise_floor,
-            reconstruct_mode,
-            seed,
-            outlier_weight,
-            outlier_floor,
-        )
+        super().__init__(data_shape, **mixture)
         if feature_sampling is not None and not 0 < feature_sampling <= 1:
             raise ConfigError(f"model.feature_sampling must be in (0, 1], got {feature_sampling}")
         if noise_reg < 0:
             raise ConfigError(f"model.noise_reg must be >= 0, got {noise_reg}")
-        self.save_hyperparameters()
         self.automatic_optimization = False
         self._stats: SufficientStats | None = None
         self._gauss: LowRankGaussians | None = None

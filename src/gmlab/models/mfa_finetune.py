@@ -20,7 +20,7 @@ class MFAFinetune(MFABase):
     After every optimizer step the log noise variances are projected back onto
     log(noise_floor).
 
-    Args (besides `MFABase`'s; the mixture's size is read from `em_ckpt` when given):
+    Args (`mixture`: `MFABase`'s, by keyword; its size is read from `em_ckpt` when given):
         em_ckpt: checkpoint of a `MFAModel` (`gmlab-train experiment=mfa_...`) whose
             parameters are the starting point; None: `MFABase`'s own initialisation. Read
             on the first build only: the hyperparameters then hold the fitted size and
@@ -32,49 +32,22 @@ class MFAFinetune(MFABase):
     def __init__(
         self,
         data_shape,
-        preprocess: dict | None = None,
-        n_components: int = 10,
-        n_factors: int = 4,
-        noise: str = "diagonal",
-        init: str = "kmeans",
-        init_samples: int = 20000,
-        kmeans_iters: int = 20,
-        noise_floor: float = 1e-6,
-        reconstruct_mode: str = "map",
-        seed: int = 0,
-        outlier_weight: float = 0.0,
-        outlier_floor: float = 1e-3,
         em_ckpt: str | None = None,
         optimizer: dict | None = None,
         lr_scheduler: dict | None = None,
+        **mixture,
     ) -> None:
         start = _em_model(em_ckpt, data_shape) if em_ckpt else None
         if start is not None:  # the EM fit's size and noise type
             m = start.mixture
-            n_components, n_factors, noise = m.n_components, m.n_factors, m.noise
-        super().__init__(
-            data_shape,
-            preprocess,
-            n_components,
-            n_factors,
-            noise,
-            init,
-            init_samples,
-            kmeans_iters,
-            noise_floor,
-            reconstruct_mode,
-            seed,
-            outlier_weight,
-            outlier_floor,
-        )
-        if optimizer is None:
-            optimizer = dict(ADAM)
-        self.save_hyperparameters()
+            mixture.update(n_components=m.n_components, n_factors=m.n_factors, noise=m.noise)
+        optimizer = optimizer or dict(ADAM)
+        super().__init__(data_shape, **mixture)
         self.hparams["em_ckpt"] = None
         if start is not None:
             self.mixture.load_state_dict(start.mixture.state_dict())
             with torch.no_grad():
-                self.mixture.log_noise.clamp_(min=math.log(noise_floor))
+                self.mixture.log_noise.clamp_(min=math.log(self.hparams.noise_floor))
             self.initialized.fill_(True)
 
     def optimizer_parameters(self):
