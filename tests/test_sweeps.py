@@ -24,6 +24,18 @@ REPO = Path(__file__).resolve().parents[1]
 SAME = ("test/bpd", "test/nll", "val/bpd")
 
 
+def one_epoch_without_data(tmp_path: Path, sweep: Path) -> list[str]:
+    """One epoch of the Gaussian, with no dataset on disk (`data=cifar10` fails), into `sweep`."""
+    quiet = ["~callbacks.progress_bar", "~callbacks.model_summary"]
+    return [
+        "model=gaussian",
+        "trainer.max_epochs=1",
+        f"paths.data_dir={tmp_path / 'no_data'}",
+        *quiet,
+        f"hydra.sweep.dir={sweep}",
+    ]
+
+
 def seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
@@ -234,18 +246,8 @@ def test_local_gpus_launcher_keeps_going_on_the_cpu(tmp_path, run_env):
     from the run records the job processes wrote. (A relaunch's skipping is the job's own
     logic, the same under every launcher: tested with the basic launcher below.)"""
     sweep = tmp_path / "sweep"
-    args = [
-        "-m",
-        "hydra/launcher=local_gpus",
-        "hydra.launcher.gpus_per_node=0",
-        "data=cifar10,digits",
-        "model=gaussian",
-        "trainer.max_epochs=1",
-        f"paths.data_dir={tmp_path / 'no_data'}",
-        "~callbacks.progress_bar",
-        "~callbacks.model_summary",
-        f"hydra.sweep.dir={sweep}",
-    ]
+    args = ["-m", "hydra/launcher=local_gpus", "hydra.launcher.gpus_per_node=0"]
+    args += ["data=cifar10,digits", *one_epoch_without_data(tmp_path, sweep)]
     out = gmlab("gmlab-train", args, run_env, check=False)
     assert out.returncode == 1, out.stderr
     assert "1 finished, 1 failed, 0 skipped, 0 unfinished" in out.stdout
@@ -269,12 +271,7 @@ def test_optuna_marks_a_failed_trial_failed_and_goes_on(tmp_path, run_env):
         "hydra.sweeper.n_trials=2",
         "data=choice(cifar10,digits)",
         "optimized_metric=val/bpd",
-        "model=gaussian",
-        "trainer.max_epochs=1",
-        f"paths.data_dir={tmp_path / 'no_data'}",
-        "~callbacks.progress_bar",
-        "~callbacks.model_summary",
-        f"hydra.sweep.dir={sweep}",
+        *one_epoch_without_data(tmp_path, sweep),
     ]
     out = gmlab("gmlab-train", args, run_env, check=False)
     assert out.returncode == 1, out.stderr
