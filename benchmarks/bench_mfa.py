@@ -1,7 +1,7 @@
 """MFA EM speed and memory.
 
 1. One EM pass (E-step over all batches + M-step) over MNIST train (60k x 784, K=50,
-   l=6; real data from ../shared/data when present, else synthetic of that shape):
+   l=6; real MNIST from $GMLAB_DATA/MNIST/raw when set, else synthetic of that shape):
    seconds (goal <= 1.0 s on the 2-core CPU) and achieved GFLOP/s over the machine's own
    fp32 matmul GFLOP/s measured in the same run (goal >= 0.4). The flop count is that of
    the four matrix products per batch: 4 N d (K l + 2K) for diagonal noise.
@@ -32,7 +32,7 @@ from benchmarks.common import best_time, cuda_synced, matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_CANDIDATES = [
-    ROOT.parent / "shared" / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte",
+    Path(os.environ.get("GMLAB_DATA", ROOT / "data")) / "MNIST" / "raw" / "train-images-idx3-ubyte",
     ROOT / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte",
 ]
 
