@@ -238,3 +238,22 @@ def test_hyperparameters_hold_every_option_also_the_defaults(cls):
         == inspect.signature(MFABase.__init__).parameters["init_samples"].default
     )
     assert model.mixture.n_components == 2 and model.mixture.noise == "isotropic"
+
+
+def test_init_points_read_only_the_chosen_rows_of_the_train_split(monkeypatch):
+    """A seeded subset of the carved train split, gathered row by row: the split is never
+    copied whole (`Split.tensors` is not called), and the points are those rows."""
+    from gmlab.data.split import Split
+
+    dm = DigitsDataModule()
+    split = dm.split_data("train")
+    assert split.index is not None  # train is carved from the bundled set (val is the rest)
+    model = MFAModel([1, 8, 8], n_components=2, n_factors=1, init_samples=50, seed=3)
+    monkeypatch.setattr(Split, "tensors", lambda self: pytest.fail("copied the whole split"))
+    points = model.init_points(dm)
+    rows = torch.randperm(len(split), generator=torch.Generator().manual_seed(3))[:50]
+    expected = split.x.index_select(0, split.index[rows.sort().values])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        x, _ = model.prepare(expected)
+    torch.testing.assert_close(points, x.reshape(50, -1))

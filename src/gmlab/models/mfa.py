@@ -164,17 +164,18 @@ class MFABase(GenerativeModel):
     # ------------------------------------------------------------------ init
     def init_points(self, datamodule) -> torch.Tensor:
         """Up to `init_samples` preprocessed training points [n, D] from the datamodule,
-        the same on every rank: a seeded random subset of `datamodule.tensors("train")`
-        (gathered row by row, so a memory-mapped split is not read whole), or the first
-        batches of its training loader when it has no tensors."""
+        the same on every rank: a seeded random subset of `datamodule.split_data("train")`
+        (only those rows are read, so neither a memory-mapped file nor a split carved from
+        train is copied whole), or the first batches of its training loader when it has
+        no splits."""
         limit, seed = self.hparams.init_samples, self.hparams.seed
-        if hasattr(datamodule, "tensors"):
-            x_train = datamodule.tensors("train")[0]
-            idx = torch.arange(len(x_train))
-            if len(x_train) > limit:
+        if hasattr(datamodule, "split_data"):
+            split = datamodule.split_data("train")
+            idx = torch.arange(len(split))
+            if len(split) > limit:
                 gen = torch.Generator().manual_seed(seed)
-                idx = torch.randperm(len(x_train), generator=gen)[:limit].sort().values
-            batches = [x_train[idx]]
+                idx = torch.randperm(len(split), generator=gen)[:limit].sort().values
+            batches = [split.take(idx)[0]]
         else:
             batches, seen = [], 0
             for batch in datamodule.train_dataloader():
