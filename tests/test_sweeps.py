@@ -256,6 +256,26 @@ def test_local_gpus_launcher_keeps_going_on_the_cpu(tmp_path, run_env):
 
 
 @pytest.mark.slow
+def test_slurm_launcher_config_keeps_going_through_submitits_local_executor(tmp_path, run_env):
+    """`hydra/launcher=slurm` with conf/hydra/launcher/slurm.yaml's parameters; only the
+    executor is submitit's local one (no SLURM here): each job in its own folder, the
+    failure recorded, the summary and the exit status as with the other launchers."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=slurm", "trainer.devices=1", "hydra.launcher.cpus_per_task=1"]
+    args += ["hydra.launcher._target_=hydra_plugins.gmlab_test_slurm.SlurmOnLocalExecutor"]
+    args += ["data=cifar10,digits", *one_epoch_without_data(tmp_path, sweep)]
+    out = gmlab("gmlab-train", args, run_env, check=False)
+    assert out.returncode == 1, out.stderr
+    assert "1 finished, 1 failed, 0 skipped, 0 unfinished" in out.stdout
+    assert record(sweep / "0")["error"]["type"] == "DataNotFoundError"
+    assert (
+        record(sweep / "1")["status"] == "finished"
+        and "data=digits" in record(sweep / "1")["overrides"]
+    )
+    assert list((sweep / ".submitit").iterdir())  # submitit ran the jobs
+
+
+@pytest.mark.slow
 def test_optuna_marks_a_failed_trial_failed_and_goes_on(tmp_path, run_env):
     """The failed job returns None (a NaN would stop hydra-optuna-sweeper 1.3's study).
 
