@@ -1,5 +1,6 @@
 """The GMM classifier's hybrid objective and feature normalisation (models/gmm_classifier)."""
 
+import math
 import warnings
 
 import pytest
@@ -59,6 +60,27 @@ def test_feature_norm_removes_the_trunks_scale():
             assert torch.allclose(after, before, atol=1e-3)
         else:  # shrunk features: log p(f) moves
             assert (after - before).abs().max() > 0.05
+
+
+def test_feature_log_scale_turns_the_trunks_scale_into_a_shift_of_one_entry():
+    """Shrinking the trunk's output by c leaves the standardised entries as they are and
+    moves the last entry by exactly log c; its value is the log standard deviation."""
+    torch.manual_seed(0)
+    x = DigitsDataModule().tensors("test")[0][:8]
+    model = small_model(feature_norm=True, feature_log_scale=True)
+    f = model.features(x).detach()
+    assert f.shape == (8, model.hparams.features)  # features - 1 trunk outputs + log s
+    raw = model.trunk(model.inputs(x)).detach()
+    torch.testing.assert_close(f[:, -1], raw.var(-1, unbiased=False).sqrt().log())
+    last = [m for m in model.trunk.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(0.01)
+        last.bias.mul_(0.01)
+    g = model.features(x).detach()
+    torch.testing.assert_close(g[:, :-1], f[:, :-1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(g[:, -1] - f[:, -1], torch.full((8,), math.log(0.01)))
+    with pytest.raises(ConfigError, match="feature_norm"):
+        small_model(feature_log_scale=True)
 
 
 def test_hybrid_training_raises_log_pf_of_the_data():

@@ -57,6 +57,12 @@ class GMMClassifier(GmlabModule):
         feature_norm: standardise each feature vector over its d entries (layer norm
             without parameters) before the head: ||f - mean(f)||^2 = d for every input, so
             the trunk cannot raise log p(f) by shrinking its features.
+        feature_log_scale: with `feature_norm`, the trunk gives `features - 1` entries and
+            the head sees them standardised plus, as entry `features`, log s, s the standard
+            deviation the standardisation divided by. Scaling the trunk's output by c adds
+            log c to that entry only, a shift the head's means absorb at no change of
+            log p(f): shrinking still buys nothing, while the head sees the feature scale,
+            in which OOD inputs differ (their features are smaller).
     """
 
     monitor = "val/acc"
@@ -85,6 +91,7 @@ class GMMClassifier(GmlabModule):
         density_weight: float = 0.0,
         density_warmup_steps: int = 0,
         feature_norm: bool = False,
+        feature_log_scale: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -96,13 +103,17 @@ class GMMClassifier(GmlabModule):
                 f"model.density_weight must be >= 0, and > 0 only with head=gmm (a density "
                 f"over the features); got {density_weight} with head={head}"
             )
+        if feature_log_scale and not feature_norm:
+            raise ConfigError("model.feature_log_scale=true needs model.feature_norm=true")
         self.data_shape = tuple(int(s) for s in data_shape)
         self.num_classes = num_classes
         if len(self.data_shape) == 3:
-            self.trunk = MnistCNN(self.data_shape, features, tuple(channels), kernel_size, dropout)
+            trunk_out = features - 1 if feature_log_scale else features
+            self.trunk = MnistCNN(self.data_shape, trunk_out, tuple(channels), kernel_size, dropout)
             in_features = features
         elif len(self.data_shape) == 1:
-            self.trunk, in_features = nn.Identity(), self.data_shape[0]
+            self.trunk = nn.Identity()
+            in_features = self.data_shape[0] + (1 if feature_log_scale else 0)
         else:
             raise ShapeError(f"data_shape must be [C, H, W] or [d], got {list(data_shape)}")
         if head == "gmm":
@@ -141,7 +152,11 @@ class GMMClassifier(GmlabModule):
             return f
         # eps far below any feature variance: the output is scale-invariant, so the loss
         # has no gradient along the trunk's scale (its norm can only grow under SGD steps)
-        return F.layer_norm(f, f.shape[-1:], eps=1e-12)
+        standardised = F.layer_norm(f, f.shape[-1:], eps=1e-12)
+        if not self.hparams.get("feature_log_scale"):
+            return standardised
+        log_scale = 0.5 * (f.var(-1, unbiased=False, keepdim=True) + 1e-12).log()
+        return torch.cat([standardised, log_scale], -1)
 
     def joint(self, x_raw: torch.Tensor) -> torch.Tensor:
         """[B, S] class scores: log p(f(x), y) for the GMM head, logits for the linear head."""
