@@ -151,3 +151,17 @@ def test_class_gaussians_on_singular_features():
     out = g.log_prob(torch.randn(6, 8, generator=gen))
     assert torch.isfinite(out).all()
     assert torch.isfinite(g.log_prob(f)).all() and (g.log_prob(f).mean() > out.mean())
+
+
+def test_first_rows_reads_only_the_rows_it_returns(monkeypatch):
+    from gmlab.data.split import Split
+    from gmlab.ood.run import first_rows
+
+    dm = DigitsDataModule()
+    x_all, y_all = dm.tensors("train")
+    sizes = []
+    original = Split.tensors
+    monkeypatch.setattr(Split, "tensors", lambda self: (sizes.append(len(self)), original(self))[1])
+    x, y = first_rows(dm, "train", 5)
+    assert sizes == [5] and torch.equal(x, x_all[:5]) and torch.equal(y, y_all[:5])
+    assert len(first_rows(dm, "train", None)[0]) == len(x_all)

@@ -38,6 +38,13 @@ def model_levels(model) -> int:
     return (prep.num_levels if prep is not None else None) or 256
 
 
+def first_rows(datamodule, split: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of the first `n` samples of a split (None: all), reading only those rows (a
+    split carved from train is not gathered whole first)."""
+    rows = datamodule.split_data(split)
+    return (rows if n is None else rows.head(n)).tensors()
+
+
 def load_set(name: str, set_cfg: DictConfig, model, split: str, root: str | None) -> torch.Tensor:
     """The raw images of one OOD set's `split`, checked against the model's shape."""
     cfg = OmegaConf.to_container(set_cfg, resolve=True)
@@ -112,12 +119,11 @@ def evaluate_ood(
         name: load_set(name, set_cfg, model, ood.split, root)[: ood.limit]
         for name, set_cfg in ood.sets.items()
     }
-    datamodule.setup()
-    x_val = datamodule.tensors("val")[0][: ood.val_limit]
-    x_train, y_train = (t[: ood.train_limit] for t in datamodule.tensors("train"))
+    x_val = first_rows(datamodule, "val", ood.val_limit)[0]
+    x_train, y_train = first_rows(datamodule, "train", ood.train_limit)
     torch.manual_seed(cfg.seed)
     scorer.fit(x_val, x_train, y_train)
-    x_in = datamodule.tensors(ood.split)[0][: ood.limit]
+    x_in = first_rows(datamodule, ood.split, ood.limit)[0]
     scores_in = scorer(x_in, names)
     metrics = {f"test/ood/in/{s}/mean": float(v.double().mean()) for s, v in scores_in.items()}
     for name, x_out in sets.items():
