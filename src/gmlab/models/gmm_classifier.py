@@ -152,11 +152,11 @@ class GMMClassifier(GmlabModule):
             return f
         # eps far below any feature variance: the output is scale-invariant, so the loss
         # has no gradient along the trunk's scale (its norm can only grow under SGD steps)
-        standardised = F.layer_norm(f, f.shape[-1:], eps=1e-12)
         if not self.hparams.get("feature_log_scale"):
-            return standardised
-        log_scale = 0.5 * (f.var(-1, unbiased=False, keepdim=True) + 1e-12).log()
-        return torch.cat([standardised, log_scale], -1)
+            return F.layer_norm(f, f.shape[-1:], eps=1e-12)
+        var, mean = torch.var_mean(f, -1, unbiased=False, keepdim=True)  # one pass for both
+        log_scale = 0.5 * (var + 1e-12).log()
+        return torch.cat([(f - mean) * torch.exp(-log_scale), log_scale], -1)
 
     def joint(self, x_raw: torch.Tensor) -> torch.Tensor:
         """[B, S] class scores: log p(f(x), y) for the GMM head, logits for the linear head."""
