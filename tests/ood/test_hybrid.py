@@ -83,6 +83,37 @@ def test_feature_log_scale_turns_the_trunks_scale_into_a_shift_of_one_entry():
         small_model(feature_log_scale=True)
 
 
+def test_batch_feature_norm_standardises_each_entry_over_the_batch():
+    """Training: every entry standardised over the batch, so shrinking the trunk changes
+    nothing; evaluation: the running statistics, so one input's scale stays visible."""
+    torch.manual_seed(0)
+    x = DigitsDataModule().tensors("test")[0][:32]
+    model = small_model(feature_norm="batch")
+    raw = model.trunk(model.inputs(x)).detach()
+    mean, var = raw.mean(0), raw.var(0, unbiased=False)
+    f = model.features(x).detach()  # train mode: batch statistics
+    torch.testing.assert_close(f, (raw - mean) / var.sqrt(), atol=1e-4, rtol=1e-4)
+    before = model.joint(x).detach()
+    last = [m for m in model.trunk.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(0.01)
+        last.bias.mul_(0.01)
+    model.batch_norm.reset_running_stats()
+    torch.testing.assert_close(model.joint(x).detach(), before, atol=1e-3, rtol=1e-4)
+    model.eval()  # running statistics after that one batch (momentum 0.1, unbiased var)
+    run_mean, run_var = 0.1 * mean * 0.01, 0.9 + 0.1 * raw.var(0) * 1e-4
+    torch.testing.assert_close(
+        model.features(x[:4]).detach(),
+        (raw[:4] * 0.01 - run_mean) / run_var.sqrt(),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    with pytest.raises(ConfigError, match="feature_norm=layer"):
+        small_model(feature_norm="batch", feature_log_scale=True)
+    with pytest.raises(ConfigError, match="none, layer, batch"):
+        small_model(feature_norm="group")
+
+
 def test_hybrid_training_raises_log_pf_of_the_data():
     dm = DigitsDataModule(val_size=150)
     x, y = dm.tensors("train")

@@ -13,6 +13,8 @@ from gmlab.nn.gmm_layer import GaussianMixtureClassifier
 from gmlab.nn.mnist_cnn import MnistCNN
 
 HEADS = ("gmm", "linear")
+# model.feature_norm values -> kind (true / false: the options before "batch" existed)
+FEATURE_NORMS = {False: None, "none": None, True: "layer", "layer": "layer", "batch": "batch"}
 # the optimizer names of checkpoints written before the optimizer part
 OPTIMIZERS_V0 = {
     "adadelta": {"_target_": "torch.optim.Adadelta"},
@@ -54,10 +56,13 @@ class GMMClassifier(GmlabModule):
         density_weight: lambda of the hybrid objective nll_loss + lambda_t (-log p(f)) / d
             (GMM head; 0: the discriminative loss alone), lambda_t rising linearly from 0
             over `density_warmup_steps` optimizer steps.
-        feature_norm: standardise each feature vector over its d entries (layer norm
-            without parameters) before the head: ||f - mean(f)||^2 = d for every input, so
-            the trunk cannot raise log p(f) by shrinking its features.
-        feature_log_scale: with `feature_norm`, the trunk gives `features - 1` entries and
+        feature_norm: "none" (false), "layer" (true): standardise each feature vector over
+            its d entries (layer norm without parameters), ||f - mean(f)||^2 = d for every
+            input; "batch": standardise each of the d entries over the batch (batch norm
+            without parameters; running statistics at evaluation), so one input's feature
+            scale stays visible to the head. Either way the trunk cannot raise log p(f) by
+            shrinking its features.
+        feature_log_scale: with `feature_norm=layer`, the trunk gives `features - 1` entries and
             the head sees them standardised plus, as entry `features`, log s, s the standard
             deviation the standardisation divided by. Scaling the trunk's output by c adds
             log c to that entry only, a shift the head's means absorb at no change of
@@ -90,7 +95,7 @@ class GMMClassifier(GmlabModule):
         num_extremes: int = 4,
         density_weight: float = 0.0,
         density_warmup_steps: int = 0,
-        feature_norm: bool = False,
+        feature_norm: bool | str = False,
         feature_log_scale: bool = False,
     ) -> None:
         super().__init__()
@@ -103,8 +108,14 @@ class GMMClassifier(GmlabModule):
                 f"model.density_weight must be >= 0, and > 0 only with head=gmm (a density "
                 f"over the features); got {density_weight} with head={head}"
             )
-        if feature_log_scale and not feature_norm:
-            raise ConfigError("model.feature_log_scale=true needs model.feature_norm=true")
+        if feature_norm not in FEATURE_NORMS:
+            raise ConfigError(
+                f"model.feature_norm must be one of none, layer, batch (or true / false), "
+                f"got {feature_norm!r}"
+            )
+        self.feature_norm = FEATURE_NORMS[feature_norm]
+        if feature_log_scale and self.feature_norm != "layer":
+            raise ConfigError("model.feature_log_scale=true needs model.feature_norm=layer")
         self.data_shape = tuple(int(s) for s in data_shape)
         self.num_classes = num_classes
         if len(self.data_shape) == 3:
@@ -116,6 +127,8 @@ class GMMClassifier(GmlabModule):
             in_features = self.data_shape[0] + (1 if feature_log_scale else 0)
         else:
             raise ShapeError(f"data_shape must be [C, H, W] or [d], got {list(data_shape)}")
+        if self.feature_norm == "batch":  # eps far below any feature variance (see features)
+            self.batch_norm = nn.BatchNorm1d(in_features, eps=1e-12, affine=False)
         if head == "gmm":
             self.head = GaussianMixtureClassifier(
                 in_features, num_classes, components_per_class, dim, covariance, rank, floor
@@ -148,10 +161,12 @@ class GMMClassifier(GmlabModule):
     def features(self, x_raw: torch.Tensor) -> torch.Tensor:
         """[B, d] the head's input f(x): the trunk's output (standardised: `feature_norm`)."""
         f = self.trunk(self.inputs(x_raw))
-        if not self.hparams.get("feature_norm"):
+        if self.feature_norm is None:
             return f
         # eps far below any feature variance: the output is scale-invariant, so the loss
         # has no gradient along the trunk's scale (its norm can only grow under SGD steps)
+        if self.feature_norm == "batch":
+            return self.batch_norm(f)
         if not self.hparams.get("feature_log_scale"):
             return F.layer_norm(f, f.shape[-1:], eps=1e-12)
         var, mean = torch.var_mean(f, -1, unbiased=False, keepdim=True)  # one pass for both
