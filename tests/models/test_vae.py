@@ -1,5 +1,6 @@
 """The VAE LightningModule: training, evaluation metrics, sampling, figures, configs."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from support.parts import mlp_parts, part
 from support.trainer import quiet_trainer
 
 from gmlab.data import DigitsDataModule
+from gmlab.distributions.normal import diag_normal_rsample
 from gmlab.distributions.priors import NormalPrior
 from gmlab.errors import ConfigError
 from gmlab.models.vae import VAE
@@ -108,6 +110,33 @@ def test_two_d_figures_are_scatter_images():
     assert img.min() >= 0 and img.max() <= 1 and img.std() > 0
 
 
+def test_posterior_draw_density_matches_torch_and_stays_finite_when_the_variance_underflows():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(5, 3), torch.randn(5, 3)
+    z, log_q = diag_normal_rsample(mu, logvar, 4)
+    assert z.shape == (4, 5, 3)
+    ref = torch.distributions.Normal(mu, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    torch.testing.assert_close(log_q, ref, atol=1e-4, rtol=1e-5)
+    # an encoder that is sure of itself on an odd input: exp(logvar / 2) is 0 in float32
+    model = digits_vae(prior="mog", prior_options={"n_components": 3}, kl="mc")
+    encoder_out = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        encoder_out.bias[8:] = -400.0
+        encoder_out.weight[8:] = 0.0
+    x = torch.full((4, 1, 8, 8), 16, dtype=torch.uint8)
+    with torch.no_grad():
+        bound = model.iwae_bound(x, 6)
+        mu, _ = model.encode(model.prepare(x)[0])
+        # z = mu exactly; log q = -(eps^2 - 400 + log 2 pi) / 2 per dim, so L_k lies between
+        # the single-draw weights' min and max, which need log q >= 8 (400 - log 2 pi - eps^2) / 2
+        base = model.likelihood.log_prob(
+            model.prepare(x)[0], model.decode(mu)
+        ) + model.prior.log_prob(mu)
+    assert torch.isfinite(bound).all()
+    assert (bound < base - 8 * (200 - 1 - 0.5 * math.log(2 * math.pi))).all()
+    assert torch.isfinite(model.elbo(x)).all()
+
+
 def test_mixture_kl_modes_agree_for_one_component_and_bad_configs_fail():
     torch.manual_seed(0)
     model = digits_vae("mog", {"n_components": 1}, kl="approx")
@@ -115,8 +144,8 @@ def test_mixture_kl_modes_agree_for_one_component_and_bad_configs_fail():
         model.prior.means.zero_()
         model.prior.logvars.zero_()
     mu, logvar = torch.randn(4, 8), torch.randn(4, 8)
-    z = mu + (0.5 * logvar).exp() * torch.randn(4, 8)
-    approx = model.kl_term(z, mu, logvar, "approx")
+    z, log_q = diag_normal_rsample(mu, logvar)
+    approx = model.kl_term(z, log_q, mu, logvar, "approx")
     analytic = NormalPrior(8).analytic_kl(mu, logvar).sum(-1)  # the one component: N(0, I)
     torch.testing.assert_close(approx, analytic, atol=1e-4, rtol=1e-5)
     with pytest.raises(ConfigError, match="model.kl=approx: NormalPrior has no KL approx"):

@@ -5,13 +5,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from PIL import Image
 from support.cli import gmlab
 
 from gmlab.data import DigitsDataModule
-from gmlab.errors import ConfigError, ShapeError
+from gmlab.errors import ConfigError, NonFiniteError, ShapeError
 from gmlab.ood.run import evaluate_ood
 from gmlab.utils.checkpoint import load_model
 
@@ -71,6 +72,21 @@ def test_ood_errors_name_the_choices(tmp_path, run_env):
     with pytest.raises(MissingConfigException, match="Could not find 'ood/nope'") as unknown:
         eval_config(["ood=nope"])
     assert "digits28" in str(unknown.value) and "mnist_rot90" in str(unknown.value)
+
+
+def test_non_finite_scores_are_one_error_naming_the_set_and_score(tmp_path):
+    model = load_model(FIXTURES / "mfa.ckpt")
+    exact = model.log_likelihood
+
+    def nan_on_flat_images(x_raw):  # a model with no finite density for constant images
+        flat = x_raw.flatten(1).float().std(1) == 0
+        return torch.where(flat, torch.nan, exact(x_raw))
+
+    model.log_likelihood = nan_on_flat_images
+    cfg = eval_config(["ood=[noise,constant]", "ood.compressor=zlib", "ood.limit=50"])
+    with pytest.raises(NonFiniteError, match="of OOD set 'constant' are NaN or inf") as error:
+        evaluate_ood(model, DigitsDataModule(), cfg, tmp_path)
+    assert "50 of 50 'bpd' scores" in str(error.value)
 
 
 @pytest.mark.slow  # a gmlab-eval process

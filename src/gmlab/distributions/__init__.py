@@ -3,7 +3,7 @@
 
 from gmlab.distributions.lowrank import LowRankGaussians
 from gmlab.distributions.mfa import MixtureOfFactorAnalyzers
-from gmlab.distributions.normal import LOG_2PI, diag_normal_log_prob, std_normal_log_prob
+from gmlab.distributions.normal import LOG_2PI, diag_normal_rsample, std_normal_log_prob
 from gmlab.distributions.priors import MixturePrior, NormalPrior, Prior
 
 __all__ = [
@@ -13,6 +13,6 @@ __all__ = [
     "MixturePrior",
     "NormalPrior",
     "Prior",
-    "diag_normal_log_prob",
+    "diag_normal_rsample",
     "std_normal_log_prob",
 ]

@@ -9,9 +9,21 @@ import torch
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def diag_normal_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, diag(exp(logvar))) summed over the last dim (broadcasting)."""
-    return -0.5 * ((z - mu).square() * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+def diag_normal_rsample(
+    mu: torch.Tensor, logvar: torch.Tensor, n: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reparameterised draw z = mu + exp(logvar / 2) * eps, eps ~ N(0, I), and its
+    log N(z; mu, diag(exp(logvar))) summed over the last dim.
+
+    mu, logvar [B, D] -> z [B, D] and log q [B] (or [n, B, D] and [n, B] with n draws).
+    The density is taken from eps, -(eps^2 + logvar + log 2 pi) / 2, the same value and
+    gradient as from z, but with no division by the variance: finite for any logvar,
+    where (z - mu)^2 / exp(logvar) is 0 / 0 once exp(logvar / 2) underflows.
+    """
+    shape = mu.shape if n is None else (n, *mu.shape)
+    eps = torch.randn(shape, device=mu.device, dtype=mu.dtype)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    return z, -0.5 * (eps.square() + logvar + LOG_2PI).sum(-1)
 
 
 def std_normal_log_prob(z: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from gmlab.distributions.normal import diag_normal_log_prob
+from gmlab.distributions.normal import diag_normal_rsample
 from gmlab.distributions.priors import EncoderAccess
 from gmlab.errors import ConfigError
 from gmlab.metrics.iwae import iwae_bound
@@ -133,21 +133,27 @@ class VAE(GenerativeModel):
         return self.decoder(z).reshape(z.shape[0], *self.decode_shape)
 
     def kl_term(
-        self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, mode: str
+        self,
+        z: torch.Tensor,
+        log_q: torch.Tensor,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        mode: str,
     ) -> torch.Tensor:
-        """KL(q || p) estimate: [B, latent_dim] per dimension (analytic) or [B] (mc, approx)."""
+        """KL(q || p) estimate: [B, latent_dim] per dimension (analytic) or [B] (mc: log q(z)
+        - log p(z) of the draw z [B, D] with log q [B]; approx)."""
         if mode == "analytic":
             return self.prior.analytic_kl(mu, logvar)
         if mode == "approx":
             return self.prior.approx_kl(mu, logvar)
-        return diag_normal_log_prob(z, mu, logvar) - self.prior.log_prob(z)
+        return log_q - self.prior.log_prob(z)
 
     def elbo_terms(self, x: torch.Tensor, kl_mode: str | None = None) -> dict[str, torch.Tensor]:
         """One-sample ELBO pieces of model-space x: recon [B], kl ([B] or [B, D]), mu, logvar."""
         mu, logvar = self.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        z, log_q = diag_normal_rsample(mu, logvar)
         recon = self.likelihood.log_prob(x, self.decode(z))
-        kl = self.kl_term(z, mu, logvar, kl_mode or self.kl_mode)
+        kl = self.kl_term(z, log_q, mu, logvar, kl_mode or self.kl_mode)
         return {"recon": recon, "kl": kl, "mu": mu, "logvar": logvar}
 
     @property
@@ -203,8 +209,7 @@ class VAE(GenerativeModel):
 
     def _log_weights(self, x, mu, logvar, n: int) -> torch.Tensor:
         b = x.shape[0]
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(n, *mu.shape, device=mu.device)
-        log_q = diag_normal_log_prob(z, mu, logvar)  # [n, B]
+        z, log_q = diag_normal_rsample(mu, logvar, n)  # [n, B, D], [n, B]
         flat = z.reshape(n * b, -1)
         log_pz = self.prior.log_prob(flat).view(n, b)
         params = self.decode(flat).view(n, b, *self.decode_shape)

@@ -19,7 +19,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from gmlab.data.ood import ConstantDataModule, NoiseDataModule
-from gmlab.errors import ConfigError, ShapeError
+from gmlab.errors import ConfigError, NonFiniteError, ShapeError
 from gmlab.ood.metrics import detection_metrics
 from gmlab.ood.scores import SCORES, Scorer
 from gmlab.utils.runs import PROJECT_ROOT
@@ -62,6 +62,18 @@ def load_set(name: str, set_cfg: DictConfig, model, split: str, root: str | None
             f"{', '.join(available_sets())}."
         )
     return x
+
+
+def check_finite_scores(scores: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """`scores` as they are, or a NonFiniteError naming the score, the set and the count."""
+    for name, values in scores.items():
+        bad = int((~torch.isfinite(values)).sum())
+        if bad:
+            raise NonFiniteError(
+                f"{bad} of {len(values)} '{name}' scores of {where} are NaN or inf: the model "
+                f"gives these inputs no finite {SCORES[name].label}"
+            )
+    return scores
 
 
 def histogram_figure(name: str, scores_in: dict, scores_out: dict, metrics: dict) -> torch.Tensor:
@@ -124,10 +136,10 @@ def evaluate_ood(
     torch.manual_seed(cfg.seed)
     scorer.fit(x_val, x_train, y_train)
     x_in = first_rows(datamodule, ood.split, ood.limit)[0]
-    scores_in = scorer(x_in, names)
+    scores_in = check_finite_scores(scorer(x_in, names), f"the {ood.split} split")
     metrics = {f"test/ood/in/{s}/mean": float(v.double().mean()) for s, v in scores_in.items()}
     for name, x_out in sets.items():
-        scores_out = scorer(x_out, names)
+        scores_out = check_finite_scores(scorer(x_out, names), f"OOD set {name!r}")
         per_set = {}
         for s in names:
             sign = -1.0 if SCORES[s].ood_high else 1.0
