@@ -3,7 +3,7 @@
 1. One EM pass (E-step over all batches + M-step) over MNIST train (60k x 784, K=50,
    l=6; real MNIST from $GMLAB_DATA/MNIST/raw when set, else synthetic of that shape):
    seconds (goal <= 1.0 s on the 2-core CPU) and achieved GFLOP/s over the machine's own
-   fp32 matmul GFLOP/s measured in the same run (goal >= 0.4). The flop count is that of
+   fp32 matmul GFLOP/s measured in the same run (goal >= 0.8 for MFA). The flop count is that of
    the four matrix products per batch: 4 N d (K l + 2K) for diagonal noise.
    For reference the same pass by scikit-learn's diagonal GaussianMixture (K=50, one
    E + M step) is timed too.
@@ -166,6 +166,9 @@ def celeba_gpu_pass() -> float:
     return best_time(cuda_synced(lambda: em_pass(data, mfa, 2000, "diagonal")), repeats=2)
 
 
+MATMUL_SHARE_GOAL = 0.8  # MFA's EM pass against the machine's own fp32 matmul rate
+
+
 def main() -> None:
     torch.manual_seed(0)
     x, source = mnist_train()
@@ -174,10 +177,12 @@ def main() -> None:
     print(f"machine fp32 matmul (2048^3): {peak:.1f} GFLOP/s")
     for noise, name in (("diagonal", "MFA"), ("isotropic", "MPPCA")):
         r = bench_mnist(x, noise, peak)
+        verdict = "met" if r["ratio"] >= MATMUL_SHARE_GOAL else "not met"
+        goal = f"goal >= {MATMUL_SHARE_GOAL}: {verdict}"
         print(
             f"{name} EM pass, MNIST train 60000x784, K=50, l=6: {r['seconds']:.3f} s "
             f"(goal <= 1.0 s), {r['gflops']:.1f} GFLOP/s = {r['ratio']:.2f} x machine matmul "
-            f"(goal >= 0.4)"
+            f"({goal if name == 'MFA' else 'no goal'})"
         )
     if os.environ.get("GMLAB_BENCH_SKLEARN", "1") != "0":
         sk = sklearn_gmm_iteration(x)
