@@ -69,7 +69,8 @@ def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, floa
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     checkpoint = read_checkpoint(cfg.ckpt_path)
     model = load_model(cfg.ckpt_path)
-    datamodule = hydra.utils.instantiate(data_config(cfg, checkpoint))
+    data = data_config(cfg, checkpoint)
+    datamodule = hydra.utils.instantiate(data)
     loggers = instantiate_loggers(cfg.get("logger"))
     # the same test-time seeding as gmlab-train, so both report identical test metrics
     trainer = hydra.utils.instantiate(
@@ -93,9 +94,9 @@ def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, floa
         from gmlab.ood.run import evaluate_ood
 
         out_dir = Path(trainer.default_root_dir)
-        metrics.update(
-            evaluate_ood(model, datamodule, cfg, out_dir, trainer.loggers, cfg.data.root)
-        )
+        # the OOD sets that read files take the root given here and the data's cache folder
+        paths = {"root": cfg.data.get("root"), "cache_dir": data.get("cache_dir")}
+        metrics.update(evaluate_ood(model, datamodule, cfg, out_dir, trainer.loggers, paths))
     finish_run(trainer, plain_config(cfg), metrics, Path(trainer.default_root_dir))
     return metrics
 

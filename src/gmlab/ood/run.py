@@ -45,15 +45,19 @@ def first_rows(datamodule, split: str, n: int | None) -> tuple[torch.Tensor, tor
     return (rows if n is None else rows.head(n)).tensors()
 
 
-def load_set(name: str, set_cfg: DictConfig, model, split: str, root: str | None) -> torch.Tensor:
-    """The raw images of one OOD set's `split`, checked against the model's shape."""
+def load_set(
+    name: str, set_cfg: DictConfig, model, split: str, paths: dict[str, str | None] | None = None
+) -> torch.Tensor:
+    """The raw images of one OOD set's `split`, checked against the model's shape.
+    `paths`: {"root": ..., "cache_dir": ...} that replace the set's own where given."""
     cfg = OmegaConf.to_container(set_cfg, resolve=True)
     cls = get_class(cfg["_target_"])
     shape = tuple(model.data_shape)
     if issubclass(cls, ANY_SHAPE):
         cfg["shape"], cfg["num_levels"] = list(shape), model_levels(model)
-    if root and "root" in cfg:
-        cfg["root"] = root
+    for key, value in (paths or {}).items():
+        if value and key in cfg:
+            cfg[key] = value
     x = hydra.utils.instantiate(cfg).tensors(split)[0]
     if tuple(x.shape[1:]) != shape:
         raise ShapeError(
@@ -111,10 +115,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def evaluate_ood(
-    model, datamodule, cfg: DictConfig, out_dir: Path, loggers=(), data_root: str | None = None
+    model,
+    datamodule,
+    cfg: DictConfig,
+    out_dir: Path,
+    loggers=(),
+    data_paths: dict[str, str | None] | None = None,
 ) -> dict[str, float]:
     """Score the test split of `datamodule` and every set of `cfg.ood.sets`; log and return
-    the metrics. `data_root`: the in-distribution data's root given on the command line."""
+    the metrics. `data_paths`: the in-distribution data's {"root", "cache_dir"} given on the
+    command line, used by the sets that read files (`ood.root` overrides the root)."""
     ood = cfg.ood
     if not ood.sets:
         return {}
@@ -126,9 +136,9 @@ def evaluate_ood(
             f"ood.scores {bad} do not apply to {type(model).__name__}; its scores: "
             f"{', '.join(scorer.names)}"
         )
-    root = ood.root or data_root
+    paths = {**(data_paths or {}), **({"root": ood.root} if ood.root else {})}
     sets = {  # every set is loaded (and its shape checked) before anything is scored
-        name: load_set(name, set_cfg, model, ood.split, root)[: ood.limit]
+        name: load_set(name, set_cfg, model, ood.split, paths)[: ood.limit]
         for name, set_cfg in ood.sets.items()
     }
     x_val = first_rows(datamodule, "val", ood.val_limit)[0]
