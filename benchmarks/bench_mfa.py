@@ -177,12 +177,14 @@ def main() -> None:
     print(f"machine fp32 matmul (2048^3): {peak:.1f} GFLOP/s")
     for noise, name in (("diagonal", "MFA"), ("isotropic", "MPPCA")):
         r = bench_mnist(x, noise, peak)
-        verdict = "met" if r["ratio"] >= MATMUL_SHARE_GOAL else "not met"
-        goal = f"goal >= {MATMUL_SHARE_GOAL}: {verdict}"
+        goal = "no goal"
+        if name == "MFA":
+            verdict = "met" if r["ratio"] >= MATMUL_SHARE_GOAL else "not met"
+            goal = f"goal >= {MATMUL_SHARE_GOAL}: {verdict}"
         print(
             f"{name} EM pass, MNIST train 60000x784, K=50, l=6: {r['seconds']:.3f} s "
             f"(goal <= 1.0 s), {r['gflops']:.1f} GFLOP/s = {r['ratio']:.2f} x machine matmul "
-            f"({goal if name == 'MFA' else 'no goal'})"
+            f"({goal})"
         )
     if os.environ.get("GMLAB_BENCH_SKLEARN", "1") != "0":
         sk = sklearn_gmm_iteration(x)

@@ -136,7 +136,9 @@ def evaluate_ood(
             f"ood.scores {bad} do not apply to {type(model).__name__}; its scores: "
             f"{', '.join(scorer.names)}"
         )
-    paths = {**(data_paths or {}), **({"root": ood.root} if ood.root else {})}
+    paths = dict(data_paths or {})
+    if ood.root:
+        paths["root"] = ood.root
     sets = {  # every set is loaded (and its shape checked) before anything is scored
         name: load_set(name, set_cfg, model, ood.split, paths)[: ood.limit]
         for name, set_cfg in ood.sets.items()
