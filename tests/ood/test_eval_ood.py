@@ -74,6 +74,20 @@ def test_ood_errors_name_the_choices(tmp_path, run_env):
     assert "digits28" in str(unknown.value) and "mnist_rot90" in str(unknown.value)
 
 
+def test_reference_checkpoint_adds_the_ratio_score(tmp_path):
+    model = load_model(FIXTURES / "mfa.ckpt")
+    base = ["ood=[noise,constant]", "ood.compressor=zlib", "ood.limit=50", "ood.scores=[ratio]"]
+    with pytest.raises(ConfigError, match=r"ood.scores \['ratio'\] do not apply"):
+        evaluate_ood(model, DigitsDataModule(), eval_config(base), tmp_path)
+    reference = f"ood.reference_ckpt={FIXTURES / 'gaussian.ckpt'}"
+    metrics = evaluate_ood(model, DigitsDataModule(), eval_config([*base, reference]), tmp_path)
+    for ood_set in ("noise", "constant"):
+        assert 0.0 <= metrics[f"test/ood/{ood_set}/ratio/auroc"] <= 1.0
+    classifier = f"ood.reference_ckpt={FIXTURES / 'gmm.ckpt'}"
+    with pytest.raises(ConfigError, match="ood.reference_ckpt=.*gmm.ckpt: the reference must"):
+        evaluate_ood(model, DigitsDataModule(), eval_config([*base, classifier]), tmp_path)
+
+
 def test_non_finite_scores_are_one_error_naming_the_set_and_score(tmp_path):
     model = load_model(FIXTURES / "mfa.ckpt")
     exact = model.log_likelihood

@@ -165,3 +165,34 @@ def test_first_rows_reads_only_the_rows_it_returns(monkeypatch):
     x, y = first_rows(dm, "train", 5)
     assert sizes == [5] and torch.equal(x, x_all[:5]) and torch.equal(y, y_all[:5])
     assert len(first_rows(dm, "train", None)[0]) == len(x_all)
+
+
+def test_ratio_is_the_bpd_difference_against_the_reference(digits):
+    x_val, (x_train, y_train), x_test = digits
+    model, reference = load_model(FIXTURES / "mfa.ckpt"), load_model(FIXTURES / "gaussian.ckpt")
+    scorer = Scorer(model, compressor="zlib", batch_size=5, reference=reference)
+    scorer.fit(x_val, x_train, y_train)
+    assert scorer.names == ("bpd", "complexity", "typicality", "complexity_typicality", "ratio")
+    assert Scorer(model).names[-1] == "complexity_typicality"  # no reference, no ratio
+    x = torch.cat([x_test, degenerate_images()])
+    torch.manual_seed(0)
+    ratio = scorer(x, ("ratio",))["ratio"]
+    torch.manual_seed(0)  # the same noise: the model's batches first, then the reference's
+    with torch.no_grad():
+        bits = [
+            torch.cat([m.to_bits(m.log_likelihood(x[i : i + 5])) for i in range(0, len(x), 5)])
+            for m in (model, reference)
+        ]
+    assert torch.isfinite(ratio).all()
+    assert torch.allclose(ratio, bits[0] - bits[1], atol=1e-4)
+
+
+def test_the_reference_must_be_a_density_model_of_the_same_data(tmp_path):
+    mfa = load_model(FIXTURES / "mfa.ckpt")
+    binarized = composed(tmp_path, "vae", "model.preprocess.binarize=dynamic")
+    with pytest.raises(ValueError, match=r"same data: \(shape, levels, binarized\)"):
+        Scorer(mfa, reference=binarized)
+    with pytest.raises(ValueError, match="must be a density model, not GMMClassifier"):
+        Scorer(mfa, reference=load_model(FIXTURES / "gmm.ckpt"))
+    with pytest.raises(ValueError, match="classifiers have none"):
+        Scorer(load_model(FIXTURES / "gmm.ckpt"), reference=mfa)

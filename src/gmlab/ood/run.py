@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from gmlab.data.ood import ConstantDataModule, NoiseDataModule
 from gmlab.errors import ConfigError, NonFiniteError, ShapeError
 from gmlab.ood.metrics import detection_metrics
-from gmlab.ood.scores import SCORES, Scorer
+from gmlab.ood.scores import SCORES, Scorer, check_reference
+from gmlab.utils.checkpoint import load_model
 from gmlab.utils.runs import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,19 @@ def histogram_figure(name: str, scores_in: dict, scores_out: dict, metrics: dict
     return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).contiguous()
 
 
+def reference_model(path: str | None, model):
+    """The `ood.reference_ckpt` density model for the `ratio` score (None: no reference),
+    checked against `model` with one clear error."""
+    if not path:
+        return None
+    reference = load_model(path)
+    try:
+        check_reference(model, reference)
+    except ValueError as exc:
+        raise ConfigError(f"ood.reference_ckpt={path}: {exc}") from exc
+    return reference
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -128,7 +142,9 @@ def evaluate_ood(
     ood = cfg.ood
     if not ood.sets:
         return {}
-    scorer = Scorer(model, ood.compressor, ood.iwae_k, ood.batch_size, resolve_device(ood.device))
+    device = resolve_device(ood.device)
+    reference = reference_model(ood.reference_ckpt, model)
+    scorer = Scorer(model, ood.compressor, ood.iwae_k, ood.batch_size, device, reference)
     names = tuple(ood.scores) if ood.scores else scorer.names
     bad = [n for n in names if n not in scorer.names]
     if bad:

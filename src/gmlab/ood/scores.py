@@ -10,7 +10,11 @@ Density models (`log_likelihood(x_raw) -> [B]` nats, `to_bits`; the VAE's
     for one sample; bpd is an affine map of -log p(x), so it ranks as the nats form);
   * `complexity_typicality`: the same two-sided test on the complexity-corrected score,
     |complexity(x) - its validation mean| (flags inputs too complex for their likelihood
-    as well as too simple).
+    as well as too simple);
+  * `ratio` (with a `reference` density model of the same data): bpd(x) - bpd_ref(x),
+    minus the log2 likelihood ratio per dim against a generic "background" model, which
+    cancels what both models find easy, such as smooth or blank images (Ren et al. 2019;
+    Schirrmeister et al. 2020 use a model of general images or a smaller model).
 Classifiers (`joint(x_raw) -> [B, S]` class scores, `features(x_raw) -> [B, d]`) get
   * `max_softmax`: max_y p(y | x) (Hendrycks & Gimpel 2017);
   * `log_pf` (GMM head: logsumexp of log p(f, y) = log p(f)) or `energy` (linear head:
@@ -42,6 +46,7 @@ SCORES = {
     "complexity": ScoreInfo("bpd - compressor bits/dim", True),
     "typicality": ScoreInfo("|bpd - mean validation bpd|", True),
     "complexity_typicality": ScoreInfo("|complexity - its validation mean|", True),
+    "ratio": ScoreInfo("bpd - reference model's bpd", True),
     "max_softmax": ScoreInfo("max_y p(y|x)", False),
     "log_pf": ScoreInfo("log p(f(x)), nats", False),
     "energy": ScoreInfo("logsumexp of the logits", False),
@@ -58,9 +63,27 @@ def batched(fn, x: torch.Tensor, batch_size: int, device: torch.device) -> torch
     return torch.cat(parts)
 
 
+def check_reference(model, reference) -> None:
+    """ValueError unless `reference` is a density model of the same data as `model`: the
+    same sample shape and the same pixel levels and kind, so both bpd share one convention."""
+    if hasattr(reference, "joint") or not hasattr(reference, "log_likelihood"):
+        raise ValueError(f"the reference must be a density model, not {type(reference).__name__}")
+    if hasattr(model, "joint"):
+        raise ValueError("the likelihood-ratio score needs a density model; classifiers have none")
+    ours, theirs = model.preprocess, reference.preprocess
+    mine = (tuple(model.data_shape), ours.num_levels, ours.discrete)
+    other = (tuple(reference.data_shape), theirs.num_levels, theirs.discrete)
+    if mine != other:
+        raise ValueError(
+            "the reference model must see the same data: (shape, levels, binarized) are "
+            f"{mine} for the model and {other} for the reference"
+        )
+
+
 class Scorer:
     """Per-sample OOD scores of one model. `fit` on in-distribution data first (validation
-    split: typicality; training split: post-hoc Gaussians), then call on raw batches."""
+    split: typicality; training split: post-hoc Gaussians), then call on raw batches.
+    `reference`: a density model of the same data for the `ratio` score."""
 
     def __init__(
         self,
@@ -69,6 +92,7 @@ class Scorer:
         iwae_k: int = 100,
         batch_size: int = 500,
         device: str | torch.device = "cpu",
+        reference=None,
     ) -> None:
         self.model = model.to(device).eval()
         self.compressor = compressor
@@ -79,11 +103,16 @@ class Scorer:
         self.val_mean_bpd: float | None = None
         self.val_mean_complexity: float | None = None
         self.gaussians: ClassGaussians | None = None
+        self.reference: Scorer | None = None
+        if reference is not None:
+            check_reference(model, reference)
+            self.reference = Scorer(reference, compressor, iwae_k, batch_size, device)
 
     @property
     def names(self) -> tuple[str, ...]:
         if not self.is_classifier:
-            return ("bpd", "complexity", "typicality", "complexity_typicality")
+            names = ("bpd", "complexity", "typicality", "complexity_typicality")
+            return (*names, "ratio") if self.reference is not None else names
         head = "energy" if isinstance(self.model.head, torch.nn.Linear) else "log_pf"
         return ("max_softmax", head, "posthoc_log_pf")
 
@@ -146,6 +175,8 @@ class Scorer:
             out["typicality"] = (bpd - self.val_mean_bpd).abs()
         if "complexity_typicality" in names:
             out["complexity_typicality"] = (out["complexity"] - self.val_mean_complexity).abs()
+        if "ratio" in names:
+            out["ratio"] = bpd - self.reference.bpd(x_raw)
         return {n: out[n] for n in names}
 
     def _classifier(self, x_raw: torch.Tensor, names) -> dict[str, torch.Tensor]:
