@@ -86,6 +86,9 @@ def test_reference_checkpoint_adds_the_ratio_score(tmp_path):
     classifier = f"ood.reference_ckpt={FIXTURES / 'gmm.ckpt'}"
     with pytest.raises(ConfigError, match="ood.reference_ckpt=.*gmm.ckpt: the reference must"):
         evaluate_ood(model, DigitsDataModule(), eval_config([*base, classifier]), tmp_path)
+    missing = f"ood.reference_ckpt={tmp_path / 'nope.ckpt'}"
+    with pytest.raises(ConfigError, match="ood.reference_ckpt=.*nope.ckpt: checkpoint not found"):
+        evaluate_ood(model, DigitsDataModule(), eval_config([*base, missing]), tmp_path)
 
 
 def test_non_finite_scores_are_one_error_naming_the_set_and_score(tmp_path):

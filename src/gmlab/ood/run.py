@@ -19,7 +19,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from gmlab.data.ood import ConstantDataModule, NoiseDataModule
-from gmlab.errors import ConfigError, NonFiniteError, ShapeError
+from gmlab.errors import CheckpointMismatchError, ConfigError, NonFiniteError, ShapeError
 from gmlab.ood.metrics import detection_metrics
 from gmlab.ood.scores import SCORES, Scorer, check_reference
 from gmlab.utils.checkpoint import load_model
@@ -114,10 +114,10 @@ def reference_model(path: str | None, model):
     checked against `model` with one clear error."""
     if not path:
         return None
-    reference = load_model(path)
     try:
+        reference = load_model(path)
         check_reference(model, reference)
-    except ValueError as exc:
+    except (CheckpointMismatchError, ValueError) as exc:
         raise ConfigError(f"ood.reference_ckpt={path}: {exc}") from exc
     return reference
 
