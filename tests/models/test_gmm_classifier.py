@@ -13,7 +13,7 @@ from support.compose import train_config
 from support.trainer import quiet_trainer
 
 from gmlab.data import DigitsDataModule
-from gmlab.errors import ShapeError
+from gmlab.errors import ConfigError, ShapeError
 from gmlab.models.gmm_classifier import GMMClassifier, extreme_indices, likelihood_grid
 from gmlab.nn.gmm_layer import GaussianMixtureClassifier
 from gmlab.train import train
@@ -62,6 +62,37 @@ def test_short_training_improves_accuracy(head, cov):
     after = accuracy(model, x_val, y_val)
     assert before < 0.3 and after > 0.75, (before, after)
     assert isinstance(model.head, GaussianMixtureClassifier if head == "gmm" else torch.nn.Linear)
+
+
+def test_head_refit_leaves_the_class_gaussians_of_the_training_features():
+    """With head_refit, the trained head holds each class's mean and ML covariance
+    (+ floor^2 I) of the final trunk's training features, and still classifies."""
+    torch.manual_seed(0)
+    dm = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
+    model = small_model(head_refit=True, feature_norm="layer")
+    quiet_trainer(max_epochs=3).fit(model, datamodule=dm)
+    x, y = dm.tensors("train")
+    model.eval()
+    with torch.no_grad():
+        f = model.features(x).double()
+    cov = model.head.covariance_matrix().double()
+    eye = torch.eye(f.shape[1], dtype=torch.float64)
+    for c in range(10):
+        fc = f[y == c]
+        assert torch.allclose(model.head.means[c].double(), fc.mean(0), atol=1e-4)
+        expected = torch.cov(fc.T, correction=0) + model.head.floor**2 * eye
+        assert torch.allclose(cov[c], expected, atol=2e-3 * expected.abs().max())
+    x_val, y_val = dm.tensors("val")
+    assert accuracy(model, x_val, y_val) > 0.75
+
+
+def test_head_refit_needs_a_closed_form_head():
+    with pytest.raises(ConfigError, match="head_refit=true needs head=gmm"):
+        small_model(head="linear", head_refit=True)
+    with pytest.raises(ConfigError, match="model.head_refit=true: the closed-form refit"):
+        small_model(covariance="lowrank", head_refit=True)
+    with pytest.raises(ConfigError, match="components_per_class=2"):
+        small_model(components_per_class=2, head_refit=True)
 
 
 def test_gmlab_train_logs_metrics_histogram_and_grids(tmp_path):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from support.devices import DEVICES
 from torch.distributions import MultivariateNormal
 
-from gmlab.errors import ShapeError
+from gmlab.errors import ConfigError, ShapeError
 from gmlab.nn.gmm_layer import GaussianMixtureClassifier, achlioptas_matrix
 
 COVARIANCES = ["diag", "tril", "full", "lowrank"]
@@ -201,3 +201,48 @@ def test_full_covariance_survives_float32_rounding():
         ref = layer.double().joint_log_prob(x.double())
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-3)  # float32 precision
+
+
+@pytest.mark.parametrize("cov", ["diag", "tril", "full"])
+def test_refit_is_the_maximum_likelihood_class_gaussian(cov):
+    """After `refit`, log p(x, y=s) is log N(x; class mean, class ML covariance (its
+    diagonal for diag) + floor^2 I) - log S, by torch.distributions."""
+    gen = torch.Generator().manual_seed(0)
+    d, n_classes, n = 4, 3, 300
+    labels = torch.arange(n_classes).repeat_interleave(n)
+    centres = 3 * torch.randn(n_classes, d, generator=gen, dtype=torch.float64)
+    mixing = torch.randn(n_classes, d, d, generator=gen, dtype=torch.float64)
+    noise = torch.randn(n_classes * n, d, generator=gen, dtype=torch.float64)
+    x = centres[labels] + torch.einsum("nij,nj->ni", mixing[labels], noise)
+    layer = randomized_layer(cov, in_features=d, n_classes=n_classes, g=1)
+    layer.refit(x, labels)
+    for s in range(n_classes):
+        xs = x[labels == s]
+        sigma = torch.cov(xs.T, correction=0)
+        sigma = torch.diag(sigma.diagonal()) if cov == "diag" else sigma
+        ref = MultivariateNormal(xs.mean(0), sigma + layer.floor**2 * torch.eye(d))
+        expected = ref.log_prob(x) - math.log(n_classes)
+        assert torch.allclose(layer.joint_log_prob(x)[:, s], expected, atol=1e-8)
+
+
+@pytest.mark.parametrize("cov", ["diag", "tril", "full"])
+def test_refit_on_a_singular_class_keeps_the_floor(cov):
+    """Two samples in four dimensions (rank-1 covariance) and a class of one repeated
+    point: the refit density stays finite, with variances of at least floor^2."""
+    x = torch.tensor([[0.0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]]).double()
+    labels = torch.tensor([0, 0, 1, 1])
+    layer = randomized_layer(cov, in_features=4, n_classes=2, g=1)
+    layer.refit(x, labels)
+    assert torch.isfinite(layer.joint_log_prob(x)).all()
+    variances = layer.covariance_matrix().diagonal(dim1=-2, dim2=-1)
+    assert (variances >= layer.floor**2 * (1 - 1e-6)).all()
+    assert torch.allclose(layer.means[1], torch.full((4,), 2.0, dtype=torch.float64))
+
+
+def test_refit_needs_one_gaussian_per_class_and_a_closed_form_covariance():
+    x, labels = torch.randn(6, 7).double(), torch.tensor([0, 1, 2, 0, 1, 2])
+    for cov, g in (("tril", 2), ("lowrank", 1)):
+        with pytest.raises(ConfigError, match="closed-form refit of the head needs"):
+            randomized_layer(cov, g=g).refit(x, labels)
+    with pytest.raises(ShapeError, match=r"classes without samples: \[2\]"):
+        randomized_layer("tril", g=1).refit(x[:2], labels[:2])

@@ -68,6 +68,11 @@ class GMMClassifier(GmlabModule):
             log c to that entry only, a shift the head's means absorb at no change of
             log p(f): shrinking still buys nothing, while the head sees the feature scale,
             in which OOD inputs differ (their features are smaller).
+        head_refit: GMM head with one Gaussian per class (diag / tril / full): before every
+            validation pass, set each class's Gaussian to its maximum-likelihood fit on the
+            training split's features (the closed-form M-step; `GaussianMixtureClassifier.
+            refit`), so validation, checkpoints and the test see the refitted head, and
+            training goes on from it.
     """
 
     monitor = "val/acc"
@@ -97,6 +102,7 @@ class GMMClassifier(GmlabModule):
         density_warmup_steps: int = 0,
         feature_norm: bool | str = False,
         feature_log_scale: bool = False,
+        head_refit: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -135,6 +141,13 @@ class GMMClassifier(GmlabModule):
             )
         else:
             self.head = nn.Linear(in_features, num_classes)
+        if head_refit:
+            if head != "gmm":
+                raise ConfigError("model.head_refit=true needs head=gmm")
+            try:
+                self.head.check_refit()
+            except ConfigError as exc:
+                raise ConfigError(f"model.head_refit=true: {exc}") from exc
         mean, std = (normalize or {}).get("mean", [0.0]), (normalize or {}).get("std", [1.0])
         self.register_buffer("pixel_mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(-1, 1, 1), persistent=False)
@@ -235,6 +248,21 @@ class GMMClassifier(GmlabModule):
         score = joint.logsumexp(-1)
         self.log(f"{stage}/ood_score", score.mean(), batch_size=bs, sync_dist=True)
         return joint, score
+
+    def on_validation_epoch_start(self) -> None:
+        if self.hparams.get("head_refit") and not self.trainer.sanity_checking:
+            self.refit_head(*self.trainer.datamodule.tensors("train"))
+
+    @torch.no_grad()
+    def refit_head(self, x_raw: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> None:
+        """Refit the GMM head on the features of x_raw [N, ...] with labels y [N]."""
+        features = torch.cat(
+            [
+                self.features(x_raw[i : i + batch_size].to(self.device))
+                for i in range(0, len(x_raw), batch_size)
+            ]
+        )
+        self.head.refit(features, y.to(self.device))
 
     def validation_step(self, batch, batch_idx: int):
         self.evaluate_batch(batch, "val", batch_idx)

@@ -50,6 +50,7 @@ from torch import nn
 from gmlab.distributions.lowrank import lowrank_log_prob
 from gmlab.errors import ConfigError, ShapeError
 from gmlab.ops.linalg import cholesky_float64_retry
+from gmlab.ops.moments import class_moments
 
 COVARIANCES = ("diag", "tril", "full", "lowrank")
 
@@ -90,8 +91,9 @@ class RandomProjection(nn.Module):
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}"
 
 
-def _inv_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
+def _inv_softplus(y: torch.Tensor) -> torch.Tensor:
+    """softplus^-1 of y > 0, elementwise: y + log(1 - exp(-y))."""
+    return y + torch.log(-torch.expm1(-y))
 
 
 class GaussianMixtureClassifier(nn.Module):
@@ -154,7 +156,7 @@ class GaussianMixtureClassifier(nn.Module):
         )
         self.means = nn.Parameter(torch.randn(k, d) * mean_init_std)
         self.mixture_logits = nn.Parameter(torch.zeros(n_classes, components_per_class))
-        raw = _inv_softplus(init_std - floor)
+        raw = float(_inv_softplus(torch.tensor(init_std - floor, dtype=torch.float64)))
         self.rank = None
         if covariance == "full":
             # A = c I with c^2 + floor^2 = init_std^2
@@ -237,6 +239,42 @@ class GaussianMixtureClassifier(nn.Module):
             return a @ a.mT + self.floor**2 * torch.eye(self.dim, dtype=dtype, device=a.device)
         chol = self.scale_tril(dtype)
         return chol @ chol.mT
+
+    # ------------------------------------------------------------ refitting
+    def check_refit(self) -> None:
+        """ConfigError unless `refit` applies: one Gaussian per class, diag / tril / full."""
+        if self.components_per_class != 1 or self.covariance == "lowrank":
+            raise ConfigError(
+                "the closed-form refit of the head needs components_per_class=1 and "
+                f"covariance diag, tril or full; got components_per_class="
+                f"{self.components_per_class}, covariance={self.covariance}"
+            )
+
+    @torch.no_grad()
+    def refit(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        """Set each class's Gaussian to its maximum-likelihood fit on the (projected)
+        inputs x [N, in_features] with labels [N] in 0..S-1, the closed-form M-step:
+        mu_s = the class mean, Sigma_s = the class covariance + floor^2 I (what keeps the
+        parameterisation's floor, and makes a singular class covariance valid)."""
+        self.check_refit()
+        means, covs, _ = class_moments(self._features(x), labels, self.n_classes)
+        eye = torch.eye(self.dim, dtype=covs.dtype, device=covs.device)
+        floor2 = self.floor**2
+        self.means.copy_(means)
+        if self.covariance == "diag":
+            std = (covs.diagonal(dim1=-2, dim2=-1) + floor2).sqrt()
+            self.raw_scale.copy_(_inv_softplus(std - self.floor))
+        elif self.covariance == "tril":
+            # Schur complements of Sigma + floor^2 I are >= floor^2: every L_ii >= floor
+            chol = torch.linalg.cholesky(covs + floor2 * eye)
+            diag = chol.diagonal(dim1=-2, dim2=-1).clamp_min(self.floor * (1 + 1e-6))
+            chol = chol.tril(-1) + torch.diag_embed(diag)
+            u = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+            self.raw_scale.copy_(_inv_softplus(diag - self.floor))
+            self.precision_offdiag.copy_(u.tril(-1))
+        else:  # full: A A^T = Sigma, A = V sqrt(Lambda) (Sigma may be singular)
+            evals, evecs = torch.linalg.eigh(covs)
+            self.cov_factor.copy_(evecs * evals.clamp_min(0).sqrt().unsqueeze(-2))
 
     # ----------------------------------------------------------------- math
     def _features(self, x: torch.Tensor) -> torch.Tensor:

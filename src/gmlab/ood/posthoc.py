@@ -19,6 +19,7 @@ import math
 import torch
 
 from gmlab.errors import SingularCovarianceError
+from gmlab.ops.moments import class_moments
 
 
 class ClassGaussians:
@@ -31,21 +32,12 @@ class ClassGaussians:
         self.log_weights: torch.Tensor | None = None  # [S]
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor) -> ClassGaussians:
-        f = features.detach().double().cpu()
+        """Fit on features [N, d] with labels [N] in 0..S-1 (every class present)."""
         labels = labels.cpu()
-        classes = labels.unique()
-        means, chols, counts = [], [], []
-        for c in classes:
-            fc = f[labels == c]
-            mu = fc.mean(0)
-            centred = fc - mu
-            cov = centred.T @ centred / max(len(fc), 1)
-            means.append(mu)
-            chols.append(self._cholesky(cov, int(c)))
-            counts.append(len(fc))
-        self.means = torch.stack(means)
-        self.chol = torch.stack(chols)
-        self.log_weights = torch.tensor(counts, dtype=torch.float64).div(len(f)).log()
+        means, covs, counts = class_moments(features.cpu(), labels, int(labels.max()) + 1)
+        self.means = means
+        self.chol = torch.stack([self._cholesky(cov, c) for c, cov in enumerate(covs)])
+        self.log_weights = counts.div(len(labels)).log()
         return self
 
     def _cholesky(self, cov: torch.Tensor, label: int) -> torch.Tensor:
