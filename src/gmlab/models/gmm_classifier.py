@@ -251,7 +251,12 @@ class GMMClassifier(GmlabModule):
 
     def on_validation_epoch_start(self) -> None:
         if self.hparams.get("head_refit") and not self.trainer.sanity_checking:
-            self.refit_head(*self.trainer.datamodule.tensors("train"))
+            datamodule = self.trainer.datamodule
+            if not hasattr(datamodule, "tensors"):
+                raise ConfigError(
+                    "model.head_refit=true needs a gmlab DataModule (its train split)"
+                )
+            self.refit_head(*datamodule.tensors("train"))
 
     @torch.no_grad()
     def refit_head(self, x_raw: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> None:
