@@ -11,6 +11,7 @@ from gmlab.errors import ConfigError, ShapeError
 from gmlab.models.base import GmlabModule, check_batch_shape, image_grid
 from gmlab.nn.gmm_layer import GaussianMixtureClassifier
 from gmlab.nn.mnist_cnn import MnistCNN
+from gmlab.ops.chunks import batched
 
 HEADS = ("gmm", "linear")
 # model.feature_norm values -> kind (true / false: the options before "batch" existed)
@@ -258,16 +259,10 @@ class GMMClassifier(GmlabModule):
                 )
             self.refit_head(*datamodule.tensors("train"))
 
-    @torch.no_grad()
     def refit_head(self, x_raw: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> None:
         """Refit the GMM head on the features of x_raw [N, ...] with labels y [N]."""
-        features = torch.cat(
-            [
-                self.features(x_raw[i : i + batch_size].to(self.device))
-                for i in range(0, len(x_raw), batch_size)
-            ]
-        )
-        self.head.refit(features, y.to(self.device))
+        features = batched(self.features, x_raw, batch_size, self.device)
+        self.head.refit(features.to(self.device), y.to(self.device))
 
     def validation_step(self, batch, batch_idx: int):
         self.evaluate_batch(batch, "val", batch_idx)

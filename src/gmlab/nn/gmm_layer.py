@@ -260,14 +260,15 @@ class GaussianMixtureClassifier(nn.Module):
         means, covs, _ = class_moments(self._features(x), labels, self.n_classes)
         eye = torch.eye(self.dim, dtype=covs.dtype, device=covs.device)
         floor2 = self.floor**2
+        above_floor = self.floor * (1 + 1e-6)  # softplus^-1(scale - floor) stays finite
         self.means.copy_(means)
         if self.covariance == "diag":
-            std = (covs.diagonal(dim1=-2, dim2=-1) + floor2).sqrt()
+            std = (covs.diagonal(dim1=-2, dim2=-1) + floor2).sqrt().clamp_min(above_floor)
             self.raw_scale.copy_(_inv_softplus(std - self.floor))
         elif self.covariance == "tril":
             # Schur complements of Sigma + floor^2 I are >= floor^2: every L_ii >= floor
             chol = torch.linalg.cholesky(covs + floor2 * eye)
-            diag = chol.diagonal(dim1=-2, dim2=-1).clamp_min(self.floor * (1 + 1e-6))
+            diag = chol.diagonal(dim1=-2, dim2=-1).clamp_min(above_floor)
             chol = chol.tril(-1) + torch.diag_embed(diag)
             u = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
             self.raw_scale.copy_(_inv_softplus(diag - self.floor))

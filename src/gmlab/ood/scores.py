@@ -33,6 +33,7 @@ import torch
 
 from gmlab.ood.complexity import complexity_bits_per_dim
 from gmlab.ood.posthoc import ClassGaussians
+from gmlab.ops.chunks import batched
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,6 @@ SCORES = {
     "energy": ScoreInfo("logsumexp of the logits", False),
     "posthoc_log_pf": ScoreInfo("log p(f(x)), refitted class Gaussians, nats", False),
 }
-
-
-def batched(fn, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """fn over x in batches on `device`, concatenated on the CPU (no gradients)."""
-    with torch.no_grad():
-        parts = [
-            fn(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
-        ]
-    return torch.cat(parts)
 
 
 def check_reference(model, reference) -> None:

@@ -19,3 +19,12 @@ def chunk_rows(n: int, width: int, budget: int = WORK_BUDGET) -> int:
 def distance_budget(device: torch.device) -> int:
     """The k-means distance budget of `device`."""
     return DISTANCE_BUDGET["cpu" if device.type == "cpu" else "gpu"]
+
+
+def batched(fn, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """fn over x in batches on `device`, concatenated on the CPU (no gradients)."""
+    with torch.no_grad():
+        parts = [
+            fn(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
+        ]
+    return torch.cat(parts)
