@@ -86,6 +86,15 @@ def test_head_refit_leaves_the_class_gaussians_of_the_training_features():
     assert accuracy(model, x_val, y_val) > 0.75
 
 
+def test_head_refit_without_a_gmlab_datamodule_is_a_clear_error():
+    dm = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
+    dm.setup()
+    model = small_model(head_refit=True)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    with pytest.raises(ConfigError, match="head_refit=true needs a gmlab DataModule"):
+        trainer.fit(model, dm.train_dataloader(), dm.val_dataloader())
+
+
 def test_head_refit_needs_a_closed_form_head():
     with pytest.raises(ConfigError, match="head_refit=true needs head=gmm"):
         small_model(head="linear", head_refit=True)
