@@ -86,22 +86,80 @@ def test_head_refit_leaves_the_class_gaussians_of_the_training_features():
     assert accuracy(model, x_val, y_val) > 0.75
 
 
+def class_gaussian_joint(f: torch.Tensor, y: torch.Tensor, floor: float) -> torch.Tensor:
+    """[N, S] log N(f; class mean, class ML covariance + floor^2 I) + log 1/S (float64)."""
+    eye = torch.eye(f.shape[1], dtype=torch.float64)
+    cols = []
+    for c in range(int(y.max()) + 1):
+        fc = f[y == c]
+        cov = torch.cov(fc.T, correction=0) + floor**2 * eye
+        cols.append(torch.distributions.MultivariateNormal(fc.mean(0), cov).log_prob(f))
+    return torch.stack(cols, -1) - torch.log(torch.tensor(len(cols), dtype=torch.float64))
+
+
+def test_eval_head_refit_scores_with_the_class_gaussians_and_trains_the_gradient_head(tmp_path):
+    """head_refit=eval: in eval mode the class scores are the class Gaussians of the
+    training features; in train mode they are the gradient head's, which the optimizer
+    updates and the eval head is not part of; a checkpoint keeps both."""
+    torch.manual_seed(0)
+    dm = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
+    model = small_model(head_refit="eval", feature_norm="layer")
+    trainer = quiet_trainer(max_epochs=3)
+    trainer.fit(model, datamodule=dm)
+    optimized = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert not optimized & {id(p) for p in model.eval_head.parameters()}
+    assert {id(p) for p in model.head.parameters()} <= optimized
+    x, y = dm.tensors("train")
+    model.eval()
+    with torch.no_grad():
+        f = model.features(x)
+        expected = class_gaussian_joint(f.double(), y, model.head.floor)
+        eval_joint = model.joint(x).double()
+        model.train()
+        train_joint = model.joint(x)
+        assert torch.allclose(train_joint, model.head.joint_log_prob(f))
+    assert torch.allclose(eval_joint, expected, atol=1e-3 * expected.abs().max())
+    assert not torch.allclose(train_joint.double(), expected, atol=1.0)
+    x_val, y_val = dm.tensors("val")
+    assert accuracy(model.eval(), x_val, y_val) > 0.75
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = load_model(tmp_path / "m.ckpt").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.joint(x_val), model.joint(x_val))
+
+
+def test_eval_head_is_refitted_before_a_test_that_no_validation_preceded():
+    torch.manual_seed(0)
+    dm = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
+    model = small_model(head_refit="eval")
+    quiet_trainer().test(model, datamodule=dm)
+    assert bool(model.eval_head_fitted)
+    x, y = dm.tensors("train")
+    with torch.no_grad():
+        f = model.eval().features(x).double()
+    assert torch.allclose(model.eval_head.means[3].double(), f[y == 3].mean(0), atol=1e-4)
+
+
 def test_head_refit_without_a_gmlab_datamodule_is_a_clear_error():
     dm = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
     dm.setup()
     model = small_model(head_refit=True)
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
-    with pytest.raises(ConfigError, match="head_refit=true needs a gmlab DataModule"):
+    with pytest.raises(ConfigError, match="head_refit=head needs a gmlab DataModule"):
         trainer.fit(model, dm.train_dataloader(), dm.val_dataloader())
 
 
 def test_head_refit_needs_a_closed_form_head():
-    with pytest.raises(ConfigError, match="head_refit=true needs head=gmm"):
+    with pytest.raises(ConfigError, match="head_refit=head needs head=gmm"):
         small_model(head="linear", head_refit=True)
-    with pytest.raises(ConfigError, match="model.head_refit=true: the closed-form refit"):
+    with pytest.raises(ConfigError, match="model.head_refit=head: the closed-form refit"):
         small_model(covariance="lowrank", head_refit=True)
     with pytest.raises(ConfigError, match="components_per_class=2"):
         small_model(components_per_class=2, head_refit=True)
+    with pytest.raises(ConfigError, match="model.head_refit=eval needs head=gmm"):
+        small_model(head="linear", head_refit="eval")
+    with pytest.raises(ConfigError, match="one of none, head, eval"):
+        small_model(head_refit="test")
 
 
 def test_gmlab_train_logs_metrics_histogram_and_grids(tmp_path):

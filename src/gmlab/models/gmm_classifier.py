@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,8 @@ from gmlab.ops.chunks import batched
 HEADS = ("gmm", "linear")
 # model.feature_norm values -> kind (true / false: the options before "batch" existed)
 FEATURE_NORMS = {False: None, "none": None, True: "layer", "layer": "layer", "batch": "batch"}
+# model.head_refit values -> which head the validation-time refit sets (true: the trained one)
+HEAD_REFITS = {False: None, "none": None, True: "head", "head": "head", "eval": "eval"}
 # the optimizer names of checkpoints written before the optimizer part
 OPTIMIZERS_V0 = {
     "adadelta": {"_target_": "torch.optim.Adadelta"},
@@ -69,11 +73,14 @@ class GMMClassifier(GmlabModule):
             log c to that entry only, a shift the head's means absorb at no change of
             log p(f): shrinking still buys nothing, while the head sees the feature scale,
             in which OOD inputs differ (their features are smaller).
-        head_refit: GMM head with one Gaussian per class (diag / tril / full): before every
-            validation pass, set each class's Gaussian to its maximum-likelihood fit on the
-            training split's features (the closed-form M-step; `GaussianMixtureClassifier.
-            refit`), so validation, checkpoints and the test see the refitted head, and
-            training goes on from it.
+        head_refit: GMM head with one Gaussian per class (diag / tril / full) only. "none"
+            (false); "head" (true): before every validation pass, set each class's Gaussian
+            to its maximum-likelihood fit on the training split's features (the closed-form
+            M-step; `GaussianMixtureClassifier.refit`), and training goes on from it;
+            "eval": refit a copy of the head instead (`eval_head`, same projection, no
+            gradient), which gives every eval-mode output (predictions, log p(f), figures),
+            while training keeps the gradient-trained head. Either way the refitted head is
+            in the state_dict, so validation, checkpoints, the test and resumes agree.
     """
 
     monitor = "val/acc"
@@ -103,7 +110,7 @@ class GMMClassifier(GmlabModule):
         density_warmup_steps: int = 0,
         feature_norm: bool | str = False,
         feature_log_scale: bool = False,
-        head_refit: bool = False,
+        head_refit: bool | str = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -142,13 +149,22 @@ class GMMClassifier(GmlabModule):
             )
         else:
             self.head = nn.Linear(in_features, num_classes)
-        if head_refit:
+        if head_refit not in HEAD_REFITS:
+            raise ConfigError(
+                f"model.head_refit must be one of none, head, eval (or true / false), "
+                f"got {head_refit!r}"
+            )
+        self.head_refit = HEAD_REFITS[head_refit]
+        if self.head_refit:
             if head != "gmm":
-                raise ConfigError("model.head_refit=true needs head=gmm")
+                raise ConfigError(f"model.head_refit={self.head_refit} needs head=gmm")
             try:
                 self.head.check_refit()
             except ConfigError as exc:
-                raise ConfigError(f"model.head_refit=true: {exc}") from exc
+                raise ConfigError(f"model.head_refit={self.head_refit}: {exc}") from exc
+        if self.head_refit == "eval":
+            self.eval_head = copy.deepcopy(self.head).requires_grad_(False)
+            self.register_buffer("eval_head_fitted", torch.tensor(False))
         mean, std = (normalize or {}).get("mean", [0.0]), (normalize or {}).get("std", [1.0])
         self.register_buffer("pixel_mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(-1, 1, 1), persistent=False)
@@ -187,12 +203,23 @@ class GMMClassifier(GmlabModule):
         log_scale = 0.5 * (var + 1e-12).log()
         return torch.cat([(f - mean) * torch.exp(-log_scale), log_scale], -1)
 
+    @property
+    def scoring_head(self) -> nn.Module:
+        """The head behind `joint`: the refitted `eval_head` in eval mode (head_refit=eval),
+        else the trained head."""
+        return self.eval_head if self.head_refit == "eval" and not self.training else self.head
+
     def joint(self, x_raw: torch.Tensor) -> torch.Tensor:
         """[B, S] class scores: log p(f(x), y) for the GMM head, logits for the linear head."""
         f = self.features(x_raw)
-        if isinstance(self.head, GaussianMixtureClassifier):
-            return self.head.joint_log_prob(f)
-        return self.head(f)
+        head = self.scoring_head
+        if isinstance(head, GaussianMixtureClassifier):
+            return head.joint_log_prob(f)
+        return head(f)
+
+    def optimizer_parameters(self):
+        """Every parameter but the refitted `eval_head`'s (it has no gradient)."""
+        return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, x_raw: torch.Tensor) -> torch.Tensor:
         """[B, S] class log-posteriors log p(y|x)."""
@@ -251,18 +278,32 @@ class GMMClassifier(GmlabModule):
         return joint, score
 
     def on_validation_epoch_start(self) -> None:
-        if self.hparams.get("head_refit") and not self.trainer.sanity_checking:
-            datamodule = self.trainer.datamodule
-            if not hasattr(datamodule, "tensors"):
-                raise ConfigError(
-                    "model.head_refit=true needs a gmlab DataModule (its train split)"
-                )
-            self.refit_head(*datamodule.tensors("train"))
+        if self.head_refit and not self.trainer.sanity_checking:
+            self.refit_from_datamodule()
+
+    def on_test_epoch_start(self) -> None:
+        # an eval head never refitted (no validation ran) would be the initial copy
+        if self.head_refit == "eval" and not bool(self.eval_head_fitted):
+            self.refit_from_datamodule()
+
+    def refit_from_datamodule(self) -> None:
+        """`refit_head` on the trainer's datamodule's training split."""
+        datamodule = self.trainer.datamodule
+        if not hasattr(datamodule, "tensors"):
+            raise ConfigError(
+                f"model.head_refit={self.head_refit} needs a gmlab DataModule (its train split)"
+            )
+        self.refit_head(*datamodule.tensors("train"))
 
     def refit_head(self, x_raw: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> None:
-        """Refit the GMM head on the features of x_raw [N, ...] with labels y [N]."""
+        """Refit the GMM head (`eval_head` with head_refit=eval) on the features of
+        x_raw [N, ...] with labels y [N]."""
         features = batched(self.features, x_raw, batch_size, self.device)
-        self.head.refit(features.to(self.device), y.to(self.device))
+        if self.head_refit == "eval":
+            self.eval_head.refit(features.to(self.device), y.to(self.device))
+            self.eval_head_fitted.fill_(True)
+        else:
+            self.head.refit(features.to(self.device), y.to(self.device))
 
     def validation_step(self, batch, batch_idx: int):
         self.evaluate_batch(batch, "val", batch_idx)
