@@ -26,6 +26,20 @@ def diag_normal_rsample(
     return z, -0.5 * (eps.square() + logvar + LOG_2PI).sum(-1)
 
 
+def diag_normal_rsample_stop(
+    mu: torch.Tensor, logvar: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`diag_normal_rsample` with n draws whose log q(z) treats (mu, logvar) as constants:
+    the gradient reaches them only through z (the path derivative of Roeder et al. 2017
+    and DReG, Tucker et al. 2018). z [n, B, D], log q [n, B]; the values equal
+    `diag_normal_rsample`'s for the same eps."""
+    eps = torch.randn((n, *mu.shape), device=mu.device, dtype=mu.dtype)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    path = (z - mu.detach()) * torch.exp(-0.5 * logvar.detach())  # = eps, gradient via z
+    u = eps + (path - path.detach())
+    return z, -0.5 * (u.square() + logvar.detach() + LOG_2PI).sum(-1)
+
+
 def std_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over the last dim."""
     return -0.5 * (z.square() + LOG_2PI).sum(-1)

@@ -5,11 +5,12 @@ log p(x) >= ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)),   q(z|x) = N(mu(x), dia
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 
-from gmlab.distributions.normal import diag_normal_rsample
+from gmlab.distributions.normal import diag_normal_rsample, diag_normal_rsample_stop
 from gmlab.distributions.priors import EncoderAccess
 from gmlab.errors import ConfigError
 from gmlab.metrics.iwae import iwae_bound
@@ -19,6 +20,7 @@ from gmlab.models.parts import build_part
 from gmlab.plotting import scatter_image
 
 KL_MODES = ("auto", "analytic", "mc", "approx")
+OBJECTIVES = ("elbo", "iwae", "dreg")
 
 
 class VAE(GenerativeModel):
@@ -41,6 +43,13 @@ class VAE(GenerativeModel):
       - "approx": the prior's approximation (`has_approx_kl`, the MoG's
         -log sum_j pi_j exp(-KL(q || p_j))),
       - "auto": analytic where the prior has it, else mc.
+    `objective` "iwae" trains on the importance-weighted bound instead (Burda et al. 2016),
+    L_k = log 1/k sum_i w_i, log w_i = log p(x|z_i) + beta (log p(z_i) - log q(z_i|x)),
+    z_i ~ q(z|x), i = 1..k (`train_k`; beta: the KL warm-up weight, 1 after it); "dreg"
+    uses the same bound with the doubly reparameterised gradient (Tucker et al. 2018): the
+    decoder and prior get the IWAE gradient sum_i w~_i d log w_i, the encoder
+    sum_i w~_i^2 (d log w_i / d z_i)(d z_i / d phi) with log q's parameters held fixed
+    (w~ = the normalised weights), an estimator of the same gradient with less variance.
     Reported ELBOs (validation, test) use the analytic or Monte Carlo KL, so they are
     (stochastic) bounds; the test step also logs the importance-weighted bound with
     `eval.iwae_k` samples (`test/nll`, `test/bpd` are the IWAE bound's).
@@ -54,6 +63,9 @@ class VAE(GenerativeModel):
         kl: auto, analytic, mc or approx.
         kl_warmup_steps: optimizer steps over which the KL weight rises 0 -> 1 (0: off).
         free_bits: nats per latent dimension below which the KL is not penalized (0: off).
+        objective: "elbo", "iwae" or "dreg" (the training bound and its gradient).
+        train_k: importance samples of the iwae / dreg objective (1 with iwae: the ELBO
+            with the Monte Carlo KL).
         optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; default:
             Adam with lr 1e-3, constant lr).
         eval: {"iwae_k": importance samples at test time, "iwae_batch": max decoder rows
@@ -74,6 +86,8 @@ class VAE(GenerativeModel):
         kl: str = "auto",
         kl_warmup_steps: int = 0,
         free_bits: float = 0.0,
+        objective: str = "elbo",
+        train_k: int = 1,
         optimizer: Mapping | None = None,
         lr_scheduler: Mapping | None = None,
         eval: dict | None = None,  # noqa: A002 (config key)
@@ -101,6 +115,7 @@ class VAE(GenerativeModel):
         low = -1.0 if self.preprocess.scale == "symmetric" else 0.0
         self.prior.attach(EncoderAccess(self.encode, self.data_shape, low, 1.0))
         self.kl_mode = self._check_kl_mode(kl)
+        self._check_objective(objective, int(train_k), kl, free_bits)
         self._val_means: list[torch.Tensor] = []
 
     def _check_kl_mode(self, kl: str) -> str:
@@ -113,6 +128,22 @@ class VAE(GenerativeModel):
         if kl == "approx" and not self.prior.has_approx_kl:
             raise ConfigError(f"model.kl=approx: {name} has no KL approximation; use mc")
         return self.eval_kl_mode if kl == "auto" else kl
+
+    @staticmethod
+    def _check_objective(objective: str, train_k: int, kl: str, free_bits: float) -> None:
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"model.objective must be one of {OBJECTIVES}, got {objective!r}")
+        if train_k < 1:
+            raise ConfigError(f"model.train_k must be >= 1, got {train_k}")
+        if objective == "elbo":
+            if train_k != 1:
+                raise ConfigError("model.train_k > 1 needs model.objective=iwae or dreg")
+            return
+        if kl not in ("auto", "mc") or free_bits > 0:
+            raise ConfigError(
+                f"model.objective={objective} weighs Monte Carlo samples of log p(x, z) - "
+                f"log q(z|x): it takes neither model.kl={kl} nor model.free_bits > 0"
+            )
 
     @classmethod
     def migrate_hparams(cls, hparams: dict, version: int) -> dict:
@@ -169,6 +200,8 @@ class VAE(GenerativeModel):
     # --------------------------------------------------------------- objective
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, _ = self.prepare(batch[0], train=True)
+        if self.hparams.get("objective", "elbo") != "elbo":
+            return self.importance_weighted_step(x, batch_idx)
         t = self.elbo_terms(x)
         kl = t["kl"]
         kl_sample = kl.sum(-1) if kl.dim() == 2 else kl
@@ -187,6 +220,32 @@ class VAE(GenerativeModel):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/elbo", recon - kl_sample.mean(), batch_size=bs)
         self.log("train/kl", kl_sample.mean(), batch_size=bs)
+        return loss
+
+    def importance_weighted_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, bound [B]) of the iwae / dreg objective on model-space x: the loss's value
+        is -mean L_k, its gradient the objective's estimator (see the class docstring)."""
+        k, dreg = int(self.hparams.train_k), self.hparams.objective == "dreg"
+        mu, logvar = self.encode(x)
+        sample = diag_normal_rsample_stop if dreg else diag_normal_rsample
+        z, log_q = sample(mu, logvar, k)  # [k, B, D], [k, B]
+        recon, log_pz = self.joint_terms(x, z)
+        log_w = recon + self.kl_weight(self.global_step) * (log_pz - log_q)
+        bound = torch.logsumexp(log_w, 0) - math.log(k)
+        if not dreg:
+            return -bound.mean(), bound
+        w = torch.softmax(log_w.detach(), 0)  # [k, B]
+        if z.requires_grad:  # the encoder's path gets w~^2 d log w / dz: one more w~ here
+            z.register_hook(lambda grad: grad * w.unsqueeze(-1))
+        surrogate = (w * log_w).sum(0)
+        return -(bound.detach() + surrogate - surrogate.detach()).mean(), bound
+
+    def importance_weighted_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss, bound = self.importance_weighted_loss(x)
+        self.check_finite(loss, "train/loss", batch_idx)
+        bs = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log(f"train/iwae_k{self.hparams.train_k}", bound.mean(), batch_size=bs)
         return loss
 
     # ------------------------------------------------------------------ bounds
@@ -208,12 +267,17 @@ class VAE(GenerativeModel):
         return self._log_weights(x, mu, logvar, n)
 
     def _log_weights(self, x, mu, logvar, n: int) -> torch.Tensor:
-        b = x.shape[0]
         z, log_q = diag_normal_rsample(mu, logvar, n)  # [n, B, D], [n, B]
+        recon, log_pz = self.joint_terms(x, z)
+        return recon + log_pz - log_q
+
+    def joint_terms(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(x|z), log p(z)), each [n, B], of latents z [n, B, D] for model-space x."""
+        n, b = z.shape[:2]
         flat = z.reshape(n * b, -1)
         log_pz = self.prior.log_prob(flat).view(n, b)
         params = self.decode(flat).view(n, b, *self.decode_shape)
-        return self.likelihood.log_prob(x, params) + log_pz - log_q
+        return self.likelihood.log_prob(x, params), log_pz
 
     @property
     def decode_shape(self) -> tuple[int, ...]:
