@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
 import torch.nn.functional as F
@@ -246,6 +247,7 @@ def test_points_skip_the_trunk_and_bad_shapes_are_clear_errors():
     "experiment,cov,g", [
         ("gmm_classifier_mnist", "tril", 1), ("gmm_classifier_mnist_diag", "diag", 1),
         ("gmm_classifier_mnist_full", "full", 1), ("gmm_classifier_mnist_g3", "tril", 3),
+        ("gmm_classifier_mnist_ood", "tril", 1),
     ],
 )  # fmt: skip
 def test_experiment_configs(experiment, cov, g):
@@ -258,3 +260,7 @@ def test_experiment_configs(experiment, cov, g):
     assert cfg.model.lr_scheduler.interval == "epoch" and cfg.data.batch_size == 64
     assert cfg.trainer.max_epochs == 14 and cfg.data._target_.endswith("MNISTDataModule")
     assert cfg.model.data_shape == [1, 28, 28]
+    if experiment.endswith("_ood"):
+        assert cfg.model.head_refit == "eval" and cfg.model.features == 16
+        model = hydra.utils.instantiate(cfg.model, _convert_="all")
+        assert model.head_refit == "eval" and model.eval_head.dim == 16
