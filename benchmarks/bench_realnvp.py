@@ -10,7 +10,8 @@ couplings masked rather than sliced, NCHW, no in-place ops); the same weights ar
 into it and both losses are printed to show they agree.
 
 Variants of gmlab's model: float32 NCHW, float32 channels-last, and bf16 autocast of the
-s/t nets (log-dets in float32), channels-last. On a GPU: images/s with bf16.
+s/t nets (log-dets in float32), channels-last. On a GPU (`gpu()`): images/s at batch 64 and
+256 in float32 and bf16, and optionally compiled.
 
 Each rate is also printed as achieved GFLOP/s (the step's flops counted by
 `torch.utils.flop_counter`, 91% of the time is convolutions) over the machine's own fp32
@@ -27,9 +28,10 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import cuda_synced, machine, matmul_gflops
+from benchmarks.common import best_time, cuda_synced, machine, matmul_gflops
 
 BATCH, SHAPE = 64, (3, 32, 32)
+GPU_BATCHES = (64, 256)
 BLOCKS, FILTERS = 8, 128
 # the reference has no batch norm: gmlab's model without it (norm=None) is the same flow
 ARCH = {"num_blocks": BLOCKS, "filters": FILTERS, "norm": None}
@@ -280,29 +282,51 @@ def main() -> None:
 
 
 def gpu() -> None:
-    """GPU rows: training images/s of the same step in float32 and with bf16 s/t nets, and
-    the achieved TFLOP/s against the GPU's own dense matmul rate in each precision."""
+    """GPU rows: training images/s of the same step in float32 and with bf16 s/t nets, at
+    batch 64 and at the larger GPU_BATCHES, and the achieved TFLOP/s against the GPU's own
+    dense matmul rate in each precision (goal: 0.4 of it). With GMLAB_BENCH_COMPILE=1 also
+    the flow under `torch.compile(mode="reduce-overhead")` (CUDA graphs) at batch 64, with
+    its compile time."""
+    import os
 
-    torch.manual_seed(0)
-    x = torch.randint(0, 256, (BATCH, *SHAPE), dtype=torch.uint8, device="cuda")
-    steps = {}
-    for label, amp in (("float32", "none"), ("bf16 s/t nets", "bf16")):
-        model = gmlab_realnvp(amp=amp).cuda()
-        steps[label] = cuda_synced(train_step(model, gmlab_loss(model), x))
-    with FlopCounterMode(display=False) as counter:
-        steps["float32"]()
-    tflop_per_image = counter.get_total_flops() / BATCH / 1e12
     peaks = {
-        "float32": matmul_gflops(8192, device="cuda") / 1e3,
-        "bf16 s/t nets": matmul_gflops(8192, torch.bfloat16, device="cuda") / 1e3,
+        "none": matmul_gflops(8192, device="cuda") / 1e3,
+        "bf16": matmul_gflops(8192, torch.bfloat16, device="cuda") / 1e3,
     }
-    for label, rate in best_rates(steps, repeats=10).items():
-        achieved = rate * tflop_per_image
-        print(
-            f"GPU ({torch.cuda.get_device_name()}), {label + ':':15s} {rate:7.1f} images/s, "
-            f"{achieved:5.1f} TFLOP/s = {achieved / peaks[label]:.2f} x the GPU's matmul "
-            f"in that precision ({peaks[label]:.0f} TFLOP/s)"
-        )
+    compiled = os.environ.get("GMLAB_BENCH_COMPILE") == "1"
+    tflop_per_image = None
+    for batch in GPU_BATCHES:
+        torch.manual_seed(0)
+        x = torch.randint(0, 256, (batch, *SHAPE), dtype=torch.uint8, device="cuda")
+        for amp in ("none", "bf16"):
+            modes = ("eager", "reduce-overhead") if compiled and batch == BATCH else ("eager",)
+            for mode in modes:
+                model = gmlab_realnvp(amp=amp).cuda()
+                start = time.perf_counter()
+                if mode != "eager":
+                    model.flow.compile(mode=mode)
+                step = cuda_synced(train_step(model, gmlab_loss(model), x))
+                try:
+                    step()  # eager: warm-up; compiled: the compilation itself
+                except Exception as exc:  # a GPU slot is short: report and go on
+                    print(f"batch {batch}, {amp}, {mode}: failed ({type(exc).__name__}: {exc})")
+                    continue
+                first_s = time.perf_counter() - start
+                if tflop_per_image is None:
+                    with FlopCounterMode(display=False) as counter:
+                        step()
+                    tflop_per_image = counter.get_total_flops() / batch / 1e12
+                rate = batch / best_time(step, repeats=10, warmup=2)
+                achieved = rate * tflop_per_image
+                label = "float32" if amp == "none" else "bf16 s/t nets"
+                extra = f", first step {first_s:.0f} s" if mode != "eager" else ""
+                print(
+                    f"GPU ({torch.cuda.get_device_name()}), batch {batch:4d}, {label}, {mode}: "
+                    f"{rate:7.1f} images/s, {achieved:5.1f} TFLOP/s = "
+                    f"{achieved / peaks[amp]:.2f} x the GPU's matmul in that precision "
+                    f"({peaks[amp]:.0f} TFLOP/s; goal 0.4){extra}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check and GPU figure of the README in one go, for a GPU machine whose time is
-# short (about 9 minutes with MINUTES=4):
-#   1. the GPU rows of the benchmarks (`python -m benchmarks --gpu`) on a quiet GPU;
+# short (about 10 minutes with MINUTES=3):
+#   1. the GPU rows of the benchmarks (`python -m benchmarks --gpu`) on a quiet GPU, with
+#      the torch.compile rows (GMLAB_BENCH_COMPILE=1: RealNVP under reduce-overhead);
 #   2. GPU training runs of the presets, side by side on the one GPU, each stopped after
 #      MINUTES by trainer.max_time (or at its own epoch count) and then tested:
 #      realnvp_mnist (batch 256; with and without batch norm in the s/t nets), vae_mnist / vae_mog_mnist and the *_wide presets (test NLL
@@ -22,18 +23,18 @@
 #          .venv/lib/python3.*/site-packages into .gpu/site; gzip ../shared/data/MNIST/raw/*
 #          into .gpu/mnist
 #   there: export PYTHONPATH=$PWD/.gpu/site:$PWD/src:$PWD GMLAB_BENCH_DATA=/tmp/data;
-#          gunzip the files into /tmp/data/MNIST/raw; scripts/gpu_checks.sh /tmp/data $OUT 4
+#          gunzip the files into /tmp/data/MNIST/raw; scripts/gpu_checks.sh /tmp/data $OUT 3
 # (the CLI tests then fail for want of the gmlab-train console script; nothing else should)
 set -u
 DATA=$1
 OUT=$2
-MINUTES=${3:-4}
+MINUTES=${3:-3}
 PY=${PYTHON:-python3}
 RUNS=/tmp/gmlab_gpu_runs
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1
 
-timeout 240 $PY -m benchmarks --gpu >"$OUT/bench.log" 2>&1
+GMLAB_BENCH_COMPILE=1 timeout 330 $PY -m benchmarks --gpu >"$OUT/bench.log" 2>&1
 
 # decode MNIST into the cache once, before the runs read it side by side
 $PY -c "from gmlab.data import MNISTDataModule as M; M(root='$DATA').setup()"
