@@ -299,11 +299,10 @@ class GMMClassifier(GmlabModule):
         """Refit the GMM head (`eval_head` with head_refit=eval) on the features of
         x_raw [N, ...] with labels y [N]."""
         features = batched(self.features, x_raw, batch_size, self.device)
+        target = self.eval_head if self.head_refit == "eval" else self.head
+        target.refit(features.to(self.device), y.to(self.device))
         if self.head_refit == "eval":
-            self.eval_head.refit(features.to(self.device), y.to(self.device))
             self.eval_head_fitted.fill_(True)
-        else:
-            self.head.refit(features.to(self.device), y.to(self.device))
 
     def validation_step(self, batch, batch_idx: int):
         self.evaluate_batch(batch, "val", batch_idx)
