@@ -21,6 +21,7 @@ matmul rate, which bounds what any fp32 implementation of this architecture can 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import torch
@@ -287,46 +288,48 @@ def gpu() -> None:
     dense matmul rate in each precision (goal: 0.4 of it). With GMLAB_BENCH_COMPILE=1 also
     the flow under `torch.compile(mode="reduce-overhead")` (CUDA graphs) at batch 64, with
     its compile time."""
-    import os
-
     peaks = {
         "none": matmul_gflops(8192, device="cuda") / 1e3,
         "bf16": matmul_gflops(8192, torch.bfloat16, device="cuda") / 1e3,
     }
     compiled = os.environ.get("GMLAB_BENCH_COMPILE") == "1"
     tflop_per_image = None
-    for batch in GPU_BATCHES:
+    variants = [
+        (batch, amp, mode)
+        for batch in GPU_BATCHES
+        for amp in ("none", "bf16")
+        for mode in ("eager", "reduce-overhead")
+        if mode == "eager" or (compiled and batch == BATCH)
+    ]
+    for batch, amp, mode in variants:
         torch.manual_seed(0)
         x = torch.randint(0, 256, (batch, *SHAPE), dtype=torch.uint8, device="cuda")
-        for amp in ("none", "bf16"):
-            modes = ("eager", "reduce-overhead") if compiled and batch == BATCH else ("eager",)
-            for mode in modes:
-                model = gmlab_realnvp(amp=amp).cuda()
-                start = time.perf_counter()
-                if mode != "eager":
-                    model.flow.compile(mode=mode)
-                step = cuda_synced(train_step(model, gmlab_loss(model), x))
-                try:
-                    step()  # eager: warm-up; compiled: the compilation itself
-                except Exception as exc:  # a GPU slot is short: report and go on
-                    print(f"batch {batch}, {amp}, {mode}: failed ({type(exc).__name__}: {exc})")
-                    continue
-                first_s = time.perf_counter() - start
-                if tflop_per_image is None:
-                    with FlopCounterMode(display=False) as counter:
-                        step()
-                    tflop_per_image = counter.get_total_flops() / batch / 1e12
-                rate = batch / best_time(step, repeats=10, warmup=2)
-                achieved = rate * tflop_per_image
-                label = "float32" if amp == "none" else "bf16 s/t nets"
-                extra = f", first step {first_s:.0f} s" if mode != "eager" else ""
-                print(
-                    f"GPU ({torch.cuda.get_device_name()}), batch {batch:4d}, {label}, {mode}: "
-                    f"{rate:7.1f} images/s, {achieved:5.1f} TFLOP/s = "
-                    f"{achieved / peaks[amp]:.2f} x the GPU's matmul in that precision "
-                    f"({peaks[amp]:.0f} TFLOP/s; goal 0.4){extra}",
-                    flush=True,
-                )
+        model = gmlab_realnvp(amp=amp).cuda()
+        start = time.perf_counter()
+        if mode != "eager":
+            model.flow.compile(mode=mode)
+        step = cuda_synced(train_step(model, gmlab_loss(model), x))
+        try:
+            step()  # eager: warm-up; compiled: the compilation itself
+        except Exception as exc:  # a GPU slot is short: report and go on
+            print(f"batch {batch}, {amp}, {mode}: failed ({type(exc).__name__}: {exc})")
+            continue
+        first_s = time.perf_counter() - start
+        if tflop_per_image is None:
+            with FlopCounterMode(display=False) as counter:
+                step()
+            tflop_per_image = counter.get_total_flops() / batch / 1e12
+        rate = batch / best_time(step, repeats=10, warmup=2)
+        achieved = rate * tflop_per_image
+        label = "float32" if amp == "none" else "bf16 s/t nets"
+        extra = f", first step {first_s:.0f} s" if mode != "eager" else ""
+        print(
+            f"GPU ({torch.cuda.get_device_name()}), batch {batch:4d}, {label}, {mode}: "
+            f"{rate:7.1f} images/s, {achieved:5.1f} TFLOP/s = "
+            f"{achieved / peaks[amp]:.2f} x the GPU's matmul in that precision "
+            f"({peaks[amp]:.0f} TFLOP/s; goal 0.4){extra}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
