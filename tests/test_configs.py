@@ -68,3 +68,15 @@ def test_every_gradient_model_takes_the_optimizer_and_scheduler_groups(name):
     assert built["optimizer"].defaults["lr"] == 0.05
     scheduler = built["lr_scheduler"]["scheduler"]
     assert type(scheduler) is torch.optim.lr_scheduler.StepLR and scheduler.gamma == 0.5
+
+
+def test_vae_record_preset_is_the_wide_mog_preset_trained_with_dreg():
+    record = composed(["experiment=vae_mog_mnist_record"])
+    wide = composed(["experiment=vae_mog_mnist_wide"])
+    assert record.model.objective == "dreg" and record.model.train_k == 5
+    assert record.model.prior.learn_weights is True
+    rec, base = (OmegaConf.to_container(c.model) for c in (record, wide))
+    for model in (rec, base):
+        del model["objective"], model["train_k"], model["prior"]["learn_weights"]
+    assert rec == base
+    assert record.trainer == wide.trainer and record.data == wide.data
