@@ -9,7 +9,7 @@ import torch
 
 from gmlab.data.loader import IndexBatchLoader
 from gmlab.data.preprocess import Preprocessor, dequantize_uniform
-from gmlab.errors import NonFiniteError, ShapeError
+from gmlab.errors import ConfigError, NonFiniteError, ShapeError
 from gmlab.metrics.bpd import bits_per_dim, nats_to_bits
 
 
@@ -68,6 +68,35 @@ def test_symmetric_scaling_log_det_matches_change_of_variables():
     torch.testing.assert_close(normal.log_prob(t).flatten(1).sum(1) + log_det, log_py)
 
 
+@pytest.mark.parametrize("alpha", [1e-4, 0.05])
+def test_logit_scale_is_the_change_of_variables_of_torch_distributions(alpha):
+    """A standard normal in z = logit(alpha + (1 - 2 alpha) y) has, on the unit cube, the
+    density of torch's TransformedDistribution through the inverse map (sigmoid, affine)."""
+    x = torch.randint(0, 256, (6, 1, 3, 3), dtype=torch.uint8)
+    x[0] = 0
+    x[1] = 255  # the ends of the range, where the log-det is largest
+    pre = Preprocessor(dequantize=False, scale="logit", logit_alpha=alpha)
+    z, log_det = pre(x)
+    y = (x.double() + 0.5) / 256
+    transforms = torch.distributions.transforms
+    to_unit = [
+        transforms.SigmoidTransform(),
+        transforms.AffineTransform(-alpha / (1 - 2 * alpha), 1 / (1 - 2 * alpha)),
+    ]
+    base = torch.distributions.Normal(torch.zeros(9, dtype=torch.float64), 1.0)
+    dist = torch.distributions.TransformedDistribution(base, to_unit)
+    expected = dist.log_prob(y.flatten(1)).sum(1)
+    ours = torch.distributions.Normal(0.0, 1.0).log_prob(z.double()).flatten(1).sum(1) + log_det
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(pre.to_pixels(z), x.float(), atol=2e-3, rtol=0)
+    torch.testing.assert_close(pre.to_model_space(x), z)
+
+
+def test_logit_alpha_outside_its_range_is_a_config_error():
+    with pytest.raises(ConfigError, match="logit_alpha"):
+        Preprocessor(scale="logit", logit_alpha=0.0)
+
+
 def test_binarization_and_flips():
     x = torch.tensor([[[[0, 255], [128, 127]]]], dtype=torch.uint8)
     static, _ = Preprocessor(binarize="static")(x)
@@ -90,7 +119,7 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ShapeError):
         Preprocessor()(torch.zeros(3, dtype=torch.uint8))
     with pytest.raises(ValueError, match="scale"):
-        Preprocessor(scale="logit")
+        Preprocessor(scale="exp")
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])

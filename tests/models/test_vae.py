@@ -157,6 +157,8 @@ def test_mixture_kl_modes_agree_for_one_component_and_bad_configs_fail():
         digits_vae(kl="exact")
     with pytest.raises(ConfigError, match=r"model.encoder .*side 8 is not divisible by 2\^4"):
         digits_vae(encoder=part("encoder", "conv", channels=[2, 2, 2, 2, 2]))
+    with pytest.raises(ConfigError, match="decoder likelihoods need bounded inputs"):
+        digits_vae(preprocess={"scale": "logit"})
 
 
 def test_free_bits_and_warm_up_shape_the_kl_penalty():

@@ -13,8 +13,9 @@ import math
 import torch
 
 from gmlab.errors import ConfigError, NonFiniteError, ShapeError
+from gmlab.ops.logit import squeezed_logit, squeezed_sigmoid
 
-SCALES = ("unit", "symmetric")
+SCALES = ("unit", "symmetric", "logit")
 BINARIZE = (None, "dynamic", "static")
 
 
@@ -47,7 +48,9 @@ class Preprocessor:
          see `dequantize_uniform`), or
          y = (x + 1/2) / levels (bin centres, `dequantize=False`).
       4. `scale`: "unit" keeps y in [0,1]; "symmetric" returns 2y - 1 in [-1,1] with
-         log-det D ln 2.
+         log-det D ln 2; "logit" returns z = logit(alpha + (1 - 2 alpha) y) on the real
+         line with its exact log-det (`gmlab.ops.logit`, alpha = `logit_alpha`), for
+         densities over real values (MFA, the Gaussian baseline).
 
     Continuous data (`num_levels=None`: real-valued points such as the 2-D toy sets) pass
     through unchanged with log-det 0; their log-likelihoods are densities in nats and
@@ -56,11 +59,12 @@ class Preprocessor:
 
     Args:
         dequantize: add uniform noise (True) or use bin centres (False).
-        scale: "unit" or "symmetric".
+        scale: "unit", "symmetric" or "logit".
         binarize: None, "dynamic" or "static".
         hflip: random horizontal flips while training.
         num_levels: integer levels of the raw data (256 for 8-bit images); None for
             continuous data.
+        logit_alpha: the logit's squeeze of the unit interval, 0 < alpha < 0.5.
     """
 
     def __init__(
@@ -70,9 +74,12 @@ class Preprocessor:
         binarize: str | None = None,
         hflip: bool = False,
         num_levels: int | None = 256,
+        logit_alpha: float = 0.05,
     ) -> None:
         if scale not in SCALES:
             raise ConfigError(f"preprocess.scale must be one of {SCALES}, got {scale!r}")
+        if not 0.0 < logit_alpha < 0.5:
+            raise ConfigError(f"preprocess.logit_alpha must be in (0, 0.5), got {logit_alpha}")
         if num_levels is not None and num_levels < 2:
             raise ConfigError(f"preprocess.num_levels must be >= 2 or null, got {num_levels}")
         if binarize not in BINARIZE:
@@ -82,11 +89,20 @@ class Preprocessor:
         self.binarize = binarize
         self.hflip = hflip
         self.num_levels = num_levels
+        self.logit_alpha = float(logit_alpha)
 
     @property
     def discrete(self) -> bool:
         """True when model inputs are binary and log-likelihoods are log-pmfs."""
         return self.binarize is not None
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        """The model-space range of image inputs: (0, 1), (-1, 1) for "symmetric", None
+        for "logit" (the whole real line)."""
+        if self.scale == "logit":
+            return None
+        return (-1.0, 1.0) if self.scale == "symmetric" else (0.0, 1.0)
 
     @property
     def continuous(self) -> bool:
@@ -123,6 +139,9 @@ class Preprocessor:
         if self.scale == "symmetric":
             num_dims = x[0].numel()
             return 2.0 * y - 1.0, zeros + num_dims * math.log(2.0)
+        if self.scale == "logit":
+            z, log_det = squeezed_logit(y, self.logit_alpha)
+            return z, log_det.flatten(1).sum(1)
         return y, zeros
 
     def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,6 +153,8 @@ class Preprocessor:
             return x.clamp(0, 1) * (self.num_levels - 1)
         if self.scale == "symmetric":
             x = (x + 1.0) / 2.0
+        elif self.scale == "logit":
+            x = squeezed_sigmoid(x, self.logit_alpha)[0]
         return (x * self.num_levels - 0.5).clamp(0, self.num_levels - 1)
 
     def to_model_space(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -143,6 +164,8 @@ class Preprocessor:
         y = (pixels.float() + 0.5) / self.num_levels
         if self.discrete:
             return (pixels.float() >= self.num_levels / 2).float()
+        if self.scale == "logit":
+            return squeezed_logit(y, self.logit_alpha)[0]
         return 2.0 * y - 1.0 if self.scale == "symmetric" else y
 
     def config(self) -> dict:
@@ -152,4 +175,5 @@ class Preprocessor:
             "binarize": self.binarize,
             "hflip": self.hflip,
             "num_levels": self.num_levels,
+            "logit_alpha": self.logit_alpha,
         }

@@ -232,8 +232,14 @@ class GenerativeModel(GmlabModule):
         """The decoder likelihood from its part dict (`conf/model/likelihood/`; an old
         checkpoint's name is converted), given the data's `EventSpace`: the model-space range
         and the number of levels (the discretized logistic's bins)."""
-        low = -1.0 if self.preprocess.scale == "symmetric" else 0.0
-        space = EventSpace(len(self.data_shape), low, 1.0, self.preprocess.num_levels or 256)
+        bounds = self.preprocess.bounds
+        if bounds is None:
+            raise ConfigError(
+                "the decoder likelihoods need bounded inputs: model/preprocess="
+                "dequantize_logit suits densities over the real line (MFA, Gaussian); use "
+                "dequantize_unit or dequantize_symmetric"
+            )
+        space = EventSpace(len(self.data_shape), *bounds, self.preprocess.num_levels or 256)
         return build_part(likelihood_spec(spec), "likelihood", space=space)
 
     def bits_per_dim(self, x_raw: torch.Tensor) -> torch.Tensor:

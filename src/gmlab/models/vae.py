@@ -112,8 +112,7 @@ class VAE(GenerativeModel):
             decoder, "decoder", in_features=self.latent_dim, output_shape=self.decode_shape
         )
         self.prior = build_part(prior, "prior", dim=self.latent_dim)
-        low = -1.0 if self.preprocess.scale == "symmetric" else 0.0
-        self.prior.attach(EncoderAccess(self.encode, self.data_shape, low, 1.0))
+        self.prior.attach(EncoderAccess(self.encode, self.data_shape, *self.preprocess.bounds))
         self.kl_mode = self._check_kl_mode(kl)
         self._check_objective(objective, int(train_k), kl, free_bits)
         self._val_means: list[torch.Tensor] = []
