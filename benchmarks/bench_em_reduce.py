@@ -3,7 +3,7 @@ vector (`SufficientStats.flat` -> `all_reduce(sum)` -> `load_flat`, what `MFAMod
 the end of a pass) against torchmetrics `Metric` states with `dist_reduce_fx="sum"` (what
 PyCave does: each state is all-gathered from every rank, then summed).
 
-Two CPU processes over gloo, the statistics of `experiment=mfa_mnist_record` (K=200, l=6,
+Two CPU processes over gloo, the statistics of `experiment=mfa_mnist_robust` (K=200, l=6,
 d=784: 1.25 M float64 values); median seconds of one reduction, the ratio, and whether
 both give the same sums. gmlab's timing also re-loads the rank's own statistics before each
 all-reduce (so that the sums do not grow), work the real pass does not do.
