@@ -257,3 +257,20 @@ def test_init_points_read_only_the_chosen_rows_of_the_train_split(monkeypatch):
         torch.manual_seed(3)
         x, _ = model.prepare(expected)
     torch.testing.assert_close(points, x.reshape(50, -1))
+
+
+def test_em_in_logit_space_is_finite_on_degenerate_images_and_samples_pixels(tmp_path):
+    cfg = make_cfg(
+        tmp_path,
+        ["experiment=mfa_digits", "model/preprocess=dequantize_logit", "trainer.max_epochs=3"],
+    )
+    metrics = train(cfg)
+    model = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    assert model.preprocess.scale == "logit"
+    assert torch.isfinite(torch.tensor([metrics["val/bpd"], metrics["test/bpd"]])).all()
+    blank, white = (torch.full((2, 1, 8, 8), v, dtype=torch.uint8) for v in (0, 255))
+    with torch.no_grad():
+        ll = model.log_likelihood(torch.cat([blank, white]))
+        samples = model.sample(16)
+    assert torch.isfinite(ll).all()
+    assert samples.min() >= 0 and samples.max() <= 255
