@@ -189,6 +189,24 @@ def test_blocked_e_step_statistics_equal_brute_force_sums(digits, noise):
     torch.testing.assert_close(st.worst_ll, torch.sort(ll).values[:4])
 
 
+@pytest.mark.parametrize("log_r", [-50.0, -60.0])
+def test_responsibilities_below_two_to_the_minus_80_are_dropped(log_r):
+    """Two unit Gaussians on a line, one point at the first mean: the second component's
+    log responsibility is -mu^2 / 2 - log(1 + e^(-mu^2 / 2)). Above the floor (-80 ln 2 =
+    -55.45) it is kept to float32 precision; below it is exactly 0 (no subnormals)."""
+    mu = (-2 * log_r) ** 0.5
+    m = MixtureOfFactorAnalyzers(2, 1, 0).requires_grad_(False)
+    m.means[1] = mu
+    st = SufficientStats.zeros(2, 1, 0, False)
+    e_step(torch.zeros(1, 1), m.gaussians(), m.log_weights, st)
+    expected = torch.tensor(log_r, dtype=F64).exp() / (1 + torch.tensor(log_r, dtype=F64).exp())
+    if log_r > -80 * np.log(2):
+        torch.testing.assert_close(st.s0[1], expected, rtol=1e-5, atol=0)
+    else:
+        assert float(st.s0[1]) == 0.0 and float(expected) > 0
+    torch.testing.assert_close(st.s0.sum(), torch.tensor(1.0, dtype=F64))
+
+
 def test_statistics_add_up_over_batches(digits):
     x = digits[:300]
     m = make(x, 3, 2, "diagonal")

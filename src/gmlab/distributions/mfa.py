@@ -355,6 +355,11 @@ class SufficientStats:
 
 
 E_STEP_ROWS = 16384  # rows per E-step block (bounds the [rows, K (l + 1)] work tensors)
+# Responsibilities below 2^-80 are set to 0 before the statistics' products. Left in, the
+# float32 exponential makes subnormal numbers (below 2^-126), on which the CPU's products
+# run several times slower. The mass they drop from a component over n points is below
+# n 2^-80, far below the float32 rounding of any component the M-step keeps (mass >= 1e-3).
+LOG_RESP_FLOOR = -80 * math.log(2.0)
 
 
 @torch.no_grad()
@@ -396,18 +401,21 @@ def e_step(
     best = torch.empty(n, dtype=torch.long, device=dev)
     rows = max(1, block_rows)
     rhs = torch.empty(min(rows, n), k * (l + 1), dtype=dt, device=dev)
+    xc_buf = torch.empty(min(rows, n), d, dtype=dt, device=dev)  # reused by every block
+    sq_buf = torch.empty_like(xc_buf)
     for i in range(0, n, rows):
         xb = x[i : i + rows].to(dt)
         m = xb.shape[0]
-        xc = xb - gauss.shift
-        sq = xc * xc
+        xc = torch.sub(xb, gauss.shift, out=xc_buf[:m])
+        sq = torch.mul(xc, xc, out=sq_buf[:m])
         joint, y_raw = gauss.evaluate_shifted(xc, sq)
         if resp_gauss is not None:
             sub = xb[:, resp_index] - resp_gauss.shift
             joint, _ = resp_gauss.evaluate_shifted(sub)
         joint += log_weights
         lse = torch.logsumexp(joint, 1)
-        r = joint.sub_(lse[:, None]).exp_()  # [m, K] responsibilities
+        log_r = joint.sub_(lse[:, None])
+        r = log_r.masked_fill_(log_r < LOG_RESP_FLOOR, -math.inf).exp_()  # [m, K]
         ll[i : i + m] = lse
         best[i : i + m] = r.argmax(1)
         out = rhs[:m]
