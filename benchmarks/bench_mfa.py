@@ -3,7 +3,8 @@
 1. One EM pass (E-step over all batches + M-step) over MNIST train (60k x 784, K=50,
    l=6; real MNIST from $GMLAB_DATA/MNIST/raw when set, else synthetic of that shape):
    seconds (goal <= 1.0 s on the 2-core CPU) and achieved GFLOP/s over the machine's own
-   fp32 matmul GFLOP/s measured in the same run (goal >= 0.8 for MFA). The flop count is that of
+   fp32 matmul GFLOP/s measured in the same run, the best of three square products
+   (goal >= 0.8 for MFA). The flop count is that of
    the four matrix products per batch: 4 N d (K l + 2K) for diagonal noise. The same four
    products alone, on random operands of the same shapes, are timed too: the ceiling of
    the pass as formulated.
@@ -193,14 +194,17 @@ def celeba_gpu_pass() -> float:
 
 
 MATMUL_SHARE_GOAL = 0.8  # MFA's EM pass against the machine's own fp32 matmul rate
+SQUARE_SIZES = (1024, 2048, 4096)  # that rate: the best of these n^3 products
 
 
 def main() -> None:
     torch.manual_seed(0)
     x, source = mnist_train()
-    peak = matmul_gflops(2048)
+    rates = {n: matmul_gflops(n) for n in SQUARE_SIZES}
+    peak = max(rates.values())
     print(f"data: {source}; threads: {torch.get_num_threads()}")
-    print(f"machine fp32 matmul (2048^3): {peak:.1f} GFLOP/s")
+    sizes = " / ".join(f"{n}^3 {g:.1f}" for n, g in rates.items())
+    print(f"machine fp32 matmul: {peak:.1f} GFLOP/s, the best of the square products ({sizes})")
     for noise, name in (("diagonal", "MFA"), ("isotropic", "MPPCA")):
         r = bench_mnist(x, noise, peak)
         goal = "no goal"
