@@ -354,7 +354,9 @@ class SufficientStats:
         self.worst_x, self.worst_ll, self.worst_comp = xs[idx], lls[idx], comps[idx]
 
 
-E_STEP_ROWS = 16384  # rows per E-step block (bounds the [rows, K (l + 1)] work tensors)
+# Rows per E-step block: on a CPU a block's [rows, d] and [rows, K (l + 1)] work tensors
+# stay near the caches between the four products; on a GPU large blocks mean few launches.
+E_STEP_ROWS = {"cpu": 2048, "other": 16384}
 # Responsibilities below 2^-80 are set to 0 before the statistics' products. Left in, the
 # float32 exponential makes subnormal numbers (below 2^-126), on which the CPU's products
 # run several times slower. The mass they drop from a component over n points is below
@@ -370,7 +372,7 @@ def e_step(
     stats: SufficientStats,
     resp_gauss: LowRankGaussians | None = None,
     resp_index: Tensor | None = None,
-    block_rows: int = E_STEP_ROWS,
+    block_rows: int | None = None,
 ) -> Tensor:
     """Accumulate one batch's sufficient statistics; returns its log-likelihoods [n].
 
@@ -387,7 +389,7 @@ def e_step(
             the coordinates `resp_index` (its precomputed Gaussians `resp_gauss`), the
             statistics from all coordinates. The returned log-likelihoods are then those
             of the sampled coordinates.
-        block_rows: rows per block.
+        block_rows: rows per block (default `E_STEP_ROWS` for the device).
     """
     k, d, l = gauss.num_components, gauss.dim, gauss.rank
     n = x.shape[0]
@@ -399,7 +401,7 @@ def e_step(
     s0 = torch.zeros(k, dtype=dt, device=dev)
     ll = torch.empty(n, dtype=dt, device=dev)
     best = torch.empty(n, dtype=torch.long, device=dev)
-    rows = max(1, block_rows)
+    rows = max(1, block_rows or E_STEP_ROWS["cpu" if dev.type == "cpu" else "other"])
     rhs = torch.empty(min(rows, n), k * (l + 1), dtype=dt, device=dev)
     xc_buf = torch.empty(min(rows, n), d, dtype=dt, device=dev)  # reused by every block
     sq_buf = torch.empty_like(xc_buf)
