@@ -3,6 +3,9 @@ and gmlab-eval: tests/test_sweeps.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from support.cli import gmlab
 
@@ -51,3 +54,33 @@ def test_missing_checkpoint_is_one_line(tmp_path, run_env):
     missing = gmlab("gmlab-eval", [f"ckpt_path={tmp_path / 'nope.ckpt'}"], run_env, check=False)
     assert missing.returncode == 1 and "checkpoint not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_cpu_float_mode_flushes_subnormals_in_the_threads_it_starts(flush):
+    """In a fresh process (the mode is per thread): 2^-120 * 2^-10 = 2^-130 is subnormal in
+    float32; with `flush_denormal: true` the product, computed by two torch threads, is 0."""
+    code = (
+        "import torch; from omegaconf import OmegaConf; "
+        "from gmlab.utils.cli import cpu_float_mode; "
+        f"ok = cpu_float_mode(OmegaConf.create({{'flush_denormal': {flush}}})); "
+        "torch.set_num_threads(2); "
+        "x = torch.full((1 << 16,), 2.0 ** -120) * torch.full((1 << 16,), 2.0 ** -10); "
+        "print(ok, int((x == 0).sum()), x.numel())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    supported, zeros, total = out.stdout.split()
+    if supported != "True":
+        pytest.skip("this CPU cannot flush subnormals")
+    assert int(zeros) == (int(total) if flush else 0)
+
+
+def test_entry_points_flush_subnormals_by_default():
+    from hydra import compose, initialize_config_dir
+
+    from gmlab.api import train_config
+    from gmlab.utils.runs import PROJECT_ROOT
+
+    assert train_config(["model=gaussian"]).flush_denormal is True
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        assert compose("eval", overrides=["ckpt_path=x.ckpt"]).flush_denormal is True

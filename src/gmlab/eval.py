@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from gmlab.callbacks import EpochSeed
 from gmlab.errors import GmlabError
 from gmlab.utils.checkpoint import load_model, read_checkpoint
-from gmlab.utils.cli import quiet_lightning, require_values, user_errors
+from gmlab.utils.cli import cpu_float_mode, quiet_lightning, require_values, user_errors
 from gmlab.utils.instantiate import instantiate_loggers
 from gmlab.utils.provenance import trainer_device
 from gmlab.utils.runs import PROJECT_ROOT, RunRecord, finish_run, plain_config, scalar_metrics
@@ -103,6 +103,7 @@ def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, floa
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="eval")
 def main(cfg: DictConfig) -> None:
+    cpu_float_mode(cfg)
     with user_errors():
         metrics = run_recorded(cfg, "eval", evaluate)
     if metrics is None:  # a failed job of a multirun (recorded in its run.json)

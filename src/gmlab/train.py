@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gmlab.callbacks.run_record import RunHeartbeat
 from gmlab.utils.checkpoint import check_compatible
-from gmlab.utils.cli import quiet_lightning, require_values, user_errors
+from gmlab.utils.cli import cpu_float_mode, quiet_lightning, require_values, user_errors
 from gmlab.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from gmlab.utils.provenance import trainer_device
 from gmlab.utils.runs import PROJECT_ROOT, RunRecord, finish_run, plain_config, scalar_metrics
@@ -109,6 +109,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """The metric `optimized_metric` for sweepers; None for a failed job of a multirun."""
+    cpu_float_mode(cfg)
     with user_errors():
         metrics = run_recorded(cfg, "train", train)
     name = cfg.get("optimized_metric")

@@ -65,3 +65,14 @@ def quiet_lightning() -> None:
     warnings.filterwarnings(
         "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
     )
+
+
+def cpu_float_mode(cfg: DictConfig) -> bool:
+    """`flush_denormal: true` (the default): subnormal floats (below 2^-126 in float32)
+    become 0 on the CPU, in this thread and in the threads it starts from here on, so call
+    it before the first parallel torch op. CPUs that handle subnormal operands in microcode
+    run products and exp / log several times slower on them, and gmlab's log-space math
+    never needs them. Returns whether the CPU could set the mode."""
+    import torch
+
+    return torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
