@@ -1,4 +1,5 @@
-"""Run every benchmarks/bench_*.py (or those named: `python -m benchmarks mfa data`).
+"""Run every benchmarks/bench_*.py (or those named: `python -m benchmarks mfa data`), with
+subnormal floats flushed to zero as the entry points do.
 
 `python -m benchmarks --gpu [names]` runs only the GPU rows (each module's `gpu()`), for a
 GPU machine whose time is short."""
@@ -11,25 +12,27 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
+
 from benchmarks.common import machine
 
 
 def main(args: list[str]) -> int:
     gpu_only = "--gpu" in args
     names = [a for a in args if a != "--gpu"]
-    if gpu_only:
-        import torch
-
-        if not torch.cuda.is_available():
-            print("--gpu: no CUDA device is visible to torch on this machine")
-            return 2
+    if gpu_only and not torch.cuda.is_available():
+        print("--gpu: no CUDA device is visible to torch on this machine")
+        return 2
     found = sorted(p.stem for p in Path(__file__).parent.glob("bench_*.py"))
     chosen = [f"bench_{n}" if not n.startswith("bench_") else n for n in names] or found
     unknown = sorted(set(chosen) - set(found))
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(found)}")
         return 2
-    print(f"machine: {machine()}")
+    # as gmlab-train and gmlab-eval run (`flush_denormal: true`); before any parallel op,
+    # so that every torch thread has the mode
+    flushed = torch.set_flush_denormal(True)
+    print(f"machine: {machine()}; subnormal floats flushed: {flushed}")
     failed = []
     for name in chosen:
         print(f"\n=== {name} ===", flush=True)

@@ -250,6 +250,8 @@ def main(device: str | None = None) -> None:
             flush=True,
         )
     mixture_prior_speed(device)
+    if device == "cpu":
+        subnormal_speed()
     if os.environ.get("GMLAB_BENCH_COMPILE") == "1":
         for name in SETTINGS:
             comp = gmlab_speed(name, steps, device, compile_model=True)
@@ -281,6 +283,30 @@ def mixture_prior_speed(device: str, n: int = 5000, k: int = 500, d: int = 32) -
     print(
         f"MoG prior log-density, {n} points, K={k}, D={d}: gmlab {ours:.1f} ms, "
         f"torch.distributions {theirs:.1f} ms, {theirs / ours:.1f}x (max |diff| {diff:.1e} nats)"
+    )
+
+
+def subnormal_speed(n: int = 1000) -> None:
+    """ms of the Bernoulli log-likelihood of n binary 28 x 28 images, logits ~ N(-30, 10)
+    (the range a trained decoder gives blank background pixels), with subnormal floats
+    kept and flushed (`flush_denormal`, gmlab-train's default). One thread: the mode is
+    per thread, and the main thread then does all the work."""
+    from gmlab.distributions.likelihoods import BernoulliLikelihood, EventSpace
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, 1, 1, 28, 28, generator=gen) * 10 - 30  # [n, params, *event]
+    x = (torch.rand(n, 1, 28, 28, generator=gen) < 0.13).float()
+    lik = BernoulliLikelihood(EventSpace(3))
+    ms = {}
+    for flush in (False, True):
+        torch.set_flush_denormal(flush)
+        ms[flush] = 1000 * best_time(lambda: lik.log_prob(x, logits), repeats=10, warmup=2)
+    torch.set_num_threads(threads)
+    print(
+        f"Bernoulli log-likelihood, {n} x 28 x 28 logits ~ N(-30, 10), one thread: subnormals kept "
+        f"{ms[False]:.2f} ms, flushed {ms[True]:.2f} ms, {ms[False] / ms[True]:.1f}x"
     )
 
 
