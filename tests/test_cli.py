@@ -7,7 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 from support.cli import gmlab
+
+from gmlab.errors import GmlabError
+from gmlab.utils.cli import cpu_float_mode
 
 
 def test_print_config_and_unknown_option(run_env):
@@ -73,6 +77,15 @@ def test_cpu_float_mode_flushes_subnormals_in_the_threads_it_starts(flush):
     if supported != "True":
         pytest.skip("this CPU cannot flush subnormals")
     assert int(zeros) == (int(total) if flush else 0)
+
+
+def test_cpu_float_mode_rejects_a_non_boolean_setting(run_env):
+    with pytest.raises(GmlabError, match="flush_denormal must be true or false, got 'no'"):
+        cpu_float_mode(OmegaConf.create({"flush_denormal": "no"}))
+    bad = gmlab("gmlab-train", ["model=gaussian", "flush_denormal=no"], run_env, check=False)
+    assert bad.returncode == 1
+    assert "error: flush_denormal must be true or false" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_entry_points_flush_subnormals_by_default():

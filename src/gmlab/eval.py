@@ -103,8 +103,8 @@ def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, floa
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="eval")
 def main(cfg: DictConfig) -> None:
-    cpu_float_mode(cfg)
     with user_errors():
+        cpu_float_mode(cfg)
         metrics = run_recorded(cfg, "eval", evaluate)
     if metrics is None:  # a failed job of a multirun (recorded in its run.json)
         return

@@ -109,8 +109,8 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """The metric `optimized_metric` for sweepers; None for a failed job of a multirun."""
-    cpu_float_mode(cfg)
     with user_errors():
+        cpu_float_mode(cfg)
         metrics = run_recorded(cfg, "train", train)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if metrics is not None and name else None

@@ -75,4 +75,7 @@ def cpu_float_mode(cfg: DictConfig) -> bool:
     never needs them. Returns whether the CPU could set the mode."""
     import torch
 
-    return torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
+    flush = cfg.get("flush_denormal", True)
+    if not isinstance(flush, bool):
+        raise GmlabError(f"flush_denormal must be true or false, got {flush!r}.")
+    return torch.set_flush_denormal(flush)
