@@ -18,6 +18,7 @@ from gmlab.nn.flows import (
     Composition,
     FactorOut,
     Logit,
+    ResNet,
     Squeeze,
     Unsqueeze,
     WeightNormConv2d,
@@ -371,3 +372,27 @@ def test_weight_norm_conv_matches_torch_parametrization_and_pickles():
     with pytest.raises(RuntimeError, match="Serialization"):
         pickle.dumps(theirs)
     torch.testing.assert_close(pickle.loads(pickle.dumps(ours))(x), ours(x))
+
+
+@pytest.mark.parametrize("in_channels", [1, 4])
+def test_channels_last_net_runs_every_conv_channels_last_and_matches_nchw(in_channels):
+    """With `channels_last`, every conv after the first sees a channels-last input, also
+    when the net's input has one channel (contiguous in both formats); the values are those
+    of the same weights in NCHW."""
+    torch.manual_seed(4)
+    nchw = ResNet(in_channels, 2, num_blocks=2, filters=8, channels_last=False, norm=True)
+    with torch.no_grad():
+        nchw.out.weight_g.normal_()  # the zero-initialized last conv would hide the rest
+    fast = copy.deepcopy(nchw)
+    fast.channels_last = True
+    seen = []
+    for conv in list(fast.modules())[1:]:
+        if isinstance(conv, WeightNormConv2d) and conv is not fast.inp:
+            conv.register_forward_pre_hook(
+                lambda m, args: seen.append(
+                    args[0].is_contiguous(memory_format=torch.channels_last)
+                )
+            )
+    x = torch.randn(3, in_channels, 6, 6)
+    torch.testing.assert_close(fast(x), nchw(x))
+    assert seen == [True] * (3 * 2 + 1)  # three convs per block, then the last conv
