@@ -39,12 +39,12 @@ BLOCKS, FILTERS = 8, 128
 ARCH = {"num_blocks": BLOCKS, "filters": FILTERS, "norm": None}
 
 
-def gmlab_realnvp(channels_last: bool = True, **options):
-    """gmlab's RealNVP with the ARCH flow (the flow part's config)."""
+def gmlab_realnvp(channels_last: bool = True, shape=SHAPE, arch=ARCH, **options):
+    """gmlab's RealNVP on images of `shape` with the `arch` flow (the flow part's config)."""
     from gmlab.models.realnvp import RealNVP
 
-    flow = {"_target_": "gmlab.nn.flows.build_realnvp", **ARCH, "channels_last": channels_last}
-    return RealNVP(list(SHAPE), flow=flow, **options)
+    flow = {"_target_": "gmlab.nn.flows.build_realnvp", **arch, "channels_last": channels_last}
+    return RealNVP(list(shape), flow=flow, **options)
 
 
 # ------------------------------------------------------------------ reference
@@ -288,15 +288,13 @@ def mnist_rows() -> None:
     """The MNIST record preset's step (`realnvp_mnist_record`: 2 scales, 4 blocks x 64
     filters, batch norm in the flow and in the s/t nets, bf16 s/t nets) on 64 x 1 x 28 x 28,
     channels-last against NCHW; the first couplings' nets see one channel."""
-    from gmlab.models.realnvp import RealNVP
-
+    shape = (1, 28, 28)
     torch.manual_seed(0)
-    x = torch.randint(0, 256, (BATCH, 1, 28, 28), dtype=torch.uint8)
+    x = torch.randint(0, 256, (BATCH, *shape), dtype=torch.uint8)
     arch = {"num_scales": 2, "num_blocks": 4, "filters": 64, "alpha": 1e-6, "net_norm": "batch"}
     steps = {}
     for label, cl in (("NCHW", False), ("channels-last", True)):
-        flow = {"_target_": "gmlab.nn.flows.build_realnvp", **arch, "channels_last": cl}
-        model = RealNVP([1, 28, 28], flow=flow, amp="bf16")
+        model = gmlab_realnvp(cl, shape=shape, arch=arch, amp="bf16")
         steps[label] = train_step(model, gmlab_loss(model), x)
     rates = best_rates(steps)
     base = rates["NCHW"]

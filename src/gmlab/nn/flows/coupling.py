@@ -127,14 +127,14 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
+            # also after the first conv: a 1-channel input (MNIST's first couplings) is
+            # contiguous in both formats, so oneDNN writes that conv's output as NCHW, and
+            # every 1x1 conv after it (its [O, I, 1, 1] weight also counts as channels-last)
+            # would copy its input into channels-last first
             x = x.contiguous(memory_format=torch.channels_last)
-        h = self.inp(x)
-        if self.channels_last:
-            # A 1-channel input (MNIST's first couplings) is contiguous in both formats, so
-            # oneDNN writes the first conv's output as NCHW; fix the format here once, or
-            # every 1x1 conv after it (whose [O, I, 1, 1] weight also counts as channels-
-            # last) copies its input into channels-last first.
-            h = h.contiguous(memory_format=torch.channels_last)
+            h = self.inp(x).contiguous(memory_format=torch.channels_last)
+        else:
+            h = self.inp(x)
         h = F.relu(self.inp_norm(h), inplace=True)
         h = F.relu(self.blocks(h), inplace=True)
         return self.out(h)
