@@ -303,13 +303,14 @@ class GaussianMixtureClassifier(nn.Module):
                 w = inv_scale * (z.unsqueeze(1) - mu)  # [B, K, d]
             else:
                 # w = O_k z + z / scale_k - U_k mu_k: one product for all K (the GEMM adds
-                # the bias -U_k mu_k), one [B, K, d] multiply-add. O_k mu_k is the diagonal
-                # of the small product O mu^T ([K d, K]: faster than K matrix-vector bmm's)
-                off = self._precision_offdiag(dtype).view(-1, z.shape[1])  # [K d, d]
+                # the bias -U_k mu_k), one [B, K, d] multiply-add. O_k mu_k is a broadcast
+                # product and a row sum: matrix products with K or 1 columns (a bmm, or the
+                # diagonal of O mu^T) are several times slower, forward and backward
+                off = self._precision_offdiag(dtype)  # [K, d, d]
                 k = mu.shape[0]
-                o_mu = (off @ mu.T).view(k, -1, k).diagonal(dim1=0, dim2=2).T  # [K, d]
+                o_mu = (off * mu.unsqueeze(1)).sum(-1)  # [K, d]
                 u_mu = torch.addcmul(o_mu, inv_scale, mu)
-                oz = torch.addmm(u_mu.reshape(-1), z, off.T, beta=-1.0)  # O z - U mu
+                oz = torch.addmm(u_mu.reshape(-1), z, off.view(-1, z.shape[1]).T, beta=-1.0)
                 w = torch.addcmul(oz.view(z.shape[0], k, -1), z.unsqueeze(1), inv_scale)
             maha = w.square().sum(-1)  # [B, K]
             return -0.5 * maha - scale.log().sum(-1) - const
