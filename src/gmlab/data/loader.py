@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from gmlab.data.split import Split
+from gmlab.data.split import Split, gather_rows
 
 
 class EpochSeed:
@@ -87,7 +87,10 @@ class IndexBatchLoader:
         padded = self._per_rank_samples() * self.world_size
         if padded > n:
             order = order.repeat(math.ceil(padded / n))[:padded]
-        mine = order[self.rank :: self.world_size].contiguous()
+        # the epoch's rows and labels in one gather each: a batch then gathers only x
+        rows = self.split.rows(order[self.rank :: self.world_size].contiguous())
+        labels = self.split.y.index_select(0, rows)
+        x, mapped, size = self.split.x, self.split.mapped, self.batch_size
         for i in range(len(self)):
-            idx = mine[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.split.take(idx)
+            batch = slice(i * size, (i + 1) * size)
+            yield gather_rows(x, rows[batch], mapped), labels[batch]

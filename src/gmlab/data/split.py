@@ -45,15 +45,18 @@ class Split:
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
+    def rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """[B] rows of x and y holding the split's samples at `positions` (int64 in 0..len-1)."""
+        return positions if self.index is None else self.index.index_select(0, positions)
+
     def take(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) of the split's samples at `positions` (int64 in 0..len-1), in that order."""
-        rows = positions if self.index is None else self.index.index_select(0, positions)
+        rows = self.rows(positions)
         return gather_rows(self.x, rows, self.mapped), self.y.index_select(0, rows)
 
     def subset(self, positions: torch.Tensor) -> Split:
         """The split's samples at ascending `positions`, as index arrays (no copy)."""
-        rows = positions if self.index is None else self.index.index_select(0, positions)
-        return Split(self.x, self.y, rows, self.mapped)
+        return Split(self.x, self.y, self.rows(positions), self.mapped)
 
     def head(self, n: int) -> Split:
         """The first n samples (views, or a shorter index)."""
