@@ -150,3 +150,21 @@ def test_index_loader_covers_each_sample_once_per_epoch(world_size):
     loaders[0].sampler.set_epoch(0)
     again = torch.cat([b[0] for b in loaders[0]])
     assert not torch.equal(first, second) and torch.equal(first, again)
+
+
+def test_index_loader_batches_read_shuffled_samples_in_ascending_rows():
+    n, size = 103, 10
+    x = torch.arange(n) * 3  # sample i is 3 i, its label i mod 7
+    loader = IndexBatchLoader(x, torch.arange(n) % 7, size, shuffle=True, seed=5)
+    compositions = []
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        batches = list(loader)
+        for xb, yb in batches:
+            assert torch.equal(xb, xb.sort().values)  # one forward read per batch
+            assert torch.equal(yb, (xb // 3) % 7)  # labels stay with their samples
+        compositions.append([frozenset(xb.tolist()) for xb, _ in batches])
+        assert [len(b) for b in compositions[-1]] == [size] * 10 + [3]
+    # still shuffled: sorting within a batch keeps which samples share it
+    assert compositions[0] != compositions[1]
+    assert compositions[0][0] != frozenset(range(0, 3 * size, 3))

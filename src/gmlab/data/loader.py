@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from gmlab.data.split import Split, gather_rows
+from gmlab.data.split import Split
 
 
 class EpochSeed:
@@ -32,7 +32,9 @@ class IndexBatchLoader:
     Under multi-process training each rank takes every `world_size`-th sample of the same
     permutation, padded by wrap-around to a multiple of `world_size` (as
     `torch.utils.data.DistributedSampler` does): ranks get equal batch counts, so DDP
-    stays in step, and at most world_size - 1 samples are seen twice per epoch.
+    stays in step, and at most world_size - 1 samples are seen twice per epoch. A batch
+    holds the shuffled samples in ascending row order: it reads forward through memory or
+    a file mapping, in one gather.
 
     Args:
         x: [N, ...] data (uint8 images or float points; in memory or a file mapping).
@@ -43,7 +45,7 @@ class IndexBatchLoader:
         seed: base seed of the shuffling generator.
         rank, world_size: this process's share under distributed training.
         index: the split's rows of x and y (ascending; default all), see `Split`.
-        mapped: x is a file mapping: each batch reads its rows in ascending order.
+        mapped: x is a file mapping (kept in `split`, see `Split`).
     """
 
     def __init__(
@@ -87,10 +89,18 @@ class IndexBatchLoader:
         padded = self._per_rank_samples() * self.world_size
         if padded > n:
             order = order.repeat(math.ceil(padded / n))[:padded]
-        # the epoch's rows and labels in one gather each: a batch then gathers only x
         rows = self.split.rows(order[self.rank :: self.world_size].contiguous())
-        labels = self.split.y.index_select(0, rows)
-        x, mapped, size = self.split.x, self.split.mapped, self.batch_size
+        rows = _ascending_within_batches(rows, self.batch_size)
+        labels = self.split.y.index_select(0, rows)  # the epoch's labels in one gather
+        x, size = self.split.x, self.batch_size
         for i in range(len(self)):
             batch = slice(i * size, (i + 1) * size)
-            yield gather_rows(x, rows[batch], mapped), labels[batch]
+            yield x.index_select(0, rows[batch]), labels[batch]
+
+
+def _ascending_within_batches(rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """rows [M] with each run of `batch_size` (one batch) sorted: a batch reads its rows
+    forward through memory or a file mapping, and holds the same samples as unsorted."""
+    full = len(rows) // batch_size * batch_size
+    head = rows[:full].view(-1, batch_size).sort(dim=1).values.reshape(-1)
+    return torch.cat([head, rows[full:].sort().values])
