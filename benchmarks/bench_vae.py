@@ -42,7 +42,7 @@ SETTINGS = {
             encoder={"_target_": "gmlab.nn.mlp.MLPEncoder", "hidden": [400]},
             decoder={"_target_": "gmlab.nn.mlp.MLPDecoder", "hidden": [400]},
             likelihood={"_target_": "gmlab.distributions.likelihoods.BernoulliLikelihood"},
-            optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3},
+            optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3, "fused": True},
         ),
     ),
     "vae_cifar10": dict(
@@ -53,7 +53,7 @@ SETTINGS = {
             latent_dim=32,
             encoder={"_target_": "gmlab.nn.conv_autoencoder.ConvEncoder"},
             decoder={"_target_": "gmlab.nn.conv_autoencoder.ConvDecoder"},
-            optimizer={"_target_": "torch.optim.Adam", "lr": 5e-4},
+            optimizer={"_target_": "torch.optim.Adam", "lr": 5e-4, "fused": True},
         ),
     ),
 }

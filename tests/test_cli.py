@@ -88,6 +88,15 @@ def test_cpu_float_mode_rejects_a_non_boolean_setting(run_env):
     assert "Traceback" not in bad.stderr
 
 
+def test_fused_optimizer_with_clipping_under_mixed_precision_is_a_clear_error(run_env):
+    args = ["model=vae", "data=digits", "trainer.precision=bf16-mixed"]
+    args += ["trainer.gradient_clip_val=1.0", "trainer.max_steps=1"]
+    bad = gmlab("gmlab-train", args, run_env, check=False)
+    assert bad.returncode == 1
+    assert "error: trainer.gradient_clip_val=1.0 under trainer.precision=bf16-mixed" in bad.stderr
+    assert "set model.optimizer.fused=false" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_entry_points_flush_subnormals_by_default():
     from hydra import compose, initialize_config_dir
 

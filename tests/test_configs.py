@@ -80,3 +80,23 @@ def test_vae_record_preset_is_the_wide_mog_preset_trained_with_dreg():
         del model["objective"], model["train_k"], model["prior"]["learn_weights"]
     assert rec == base
     assert record.trainer == wide.trainer and record.data == wide.data
+
+
+@pytest.mark.parametrize("group", ["adam", "adamw"])
+def test_adam_presets_are_fused_and_step_like_the_per_tensor_loop(group):
+    cfg = composed(["model=vae", "data=digits", f"model/optimizer={group}"])
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    fused = model.configure_optimizers()
+    assert fused.defaults["fused"] is True
+    twin = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    options = {k: v for k, v in fused.defaults.items() if k in ("lr", "betas", "weight_decay")}
+    loop = type(fused)(twin, **options, foreach=False)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(model.parameters(), twin, strict=True):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    for p, q in zip(model.parameters(), twin, strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)

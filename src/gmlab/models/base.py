@@ -56,6 +56,17 @@ def build_optimization(
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, **loop}}
 
 
+def check_fused_clipping(optimizer: Mapping | None, trainer: L.Trainer) -> None:
+    """ConfigError for a fused optimizer with gradient clipping under mixed precision: the
+    fused kernel unscales gradients inside its step, after Lightning would clip them."""
+    mixed = "mixed" in str(trainer.precision)
+    if optimizer and optimizer.get("fused") and trainer.gradient_clip_val and mixed:
+        raise ConfigError(
+            f"trainer.gradient_clip_val={trainer.gradient_clip_val} under trainer.precision="
+            f"{trainer.precision} needs an unfused optimizer: set model.optimizer.fused=false"
+        )
+
+
 def _complete(spec: Mapping | None) -> dict | None:
     """A part config without `_partial_`: the model supplies the missing arguments."""
     if spec is None:
@@ -114,6 +125,8 @@ class GmlabModule(L.LightningModule):
         return self.parameters()
 
     def configure_optimizers(self):
+        if self._trainer is not None:
+            check_fused_clipping(self.hparams.get("optimizer"), self.trainer)
         return build_optimization(
             self.optimizer_parameters(),
             self.hparams.get("optimizer"),
