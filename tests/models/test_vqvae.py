@@ -107,7 +107,9 @@ def test_two_stages_train_on_digits_and_the_prior_beats_uniform_codes(tmp_path):
     stage_one = train(train_config(tmp_path / "vq", ["experiment=vqvae_digits", *quick]))
     assert 0 < stage_one["test/bpd"] < 6.0  # 8 bits/dim: a uniform density over the levels
     assert stage_one["val/codes_used"] > 4 and stage_one["val/perplexity"] > 3
-    assert stage_one["val/codes_used"] == 32  # the moving-average codebook uses every code
+    # the moving-average codebook with revival keeps its codes alive: of 32, the 360 val
+    # digits showed 31-32 over seeds 1-4 and the Adam variants, 30 in the 60-epoch preset
+    assert stage_one["val/codes_used"] >= 30
     best = str(next((tmp_path / "vq" / "checkpoints").glob("best-*.ckpt")))
     (tmp_path / "other").mkdir()  # not a run: skipped by the search
     # model.vqvae_ckpt=auto (the preset's): the best stage-1 checkpoint among this run's siblings
