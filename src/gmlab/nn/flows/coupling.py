@@ -127,15 +127,12 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
-            # also after the first conv: a 1-channel input (MNIST's first couplings) is
-            # contiguous in both formats, so oneDNN writes that conv's output as NCHW, and
-            # every 1x1 conv after it (its [O, I, 1, 1] weight also counts as channels-last)
-            # would copy its input into channels-last first
-            x = x.contiguous(memory_format=torch.channels_last)
-            h = self.inp(x).contiguous(memory_format=torch.channels_last)
-        else:
-            h = self.inp(x)
-        h = F.relu(self.inp_norm(h), inplace=True)
+            # a fresh channels-last tensor, also for one channel (MNIST's first couplings):
+            # such an input is contiguous in both formats, `contiguous()` keeps its NCHW
+            # strides, and oneDNN would then run the first conv, forward and backward, in
+            # NCHW and convert its 64-channel output and gradient every step
+            x = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
+        h = F.relu(self.inp_norm(self.inp(x)), inplace=True)
         h = F.relu(self.blocks(h), inplace=True)
         return self.out(h)
 
