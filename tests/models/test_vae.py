@@ -245,3 +245,45 @@ def test_discretized_logistic_bins_follow_the_data_levels(scale):
     width = (2.0 if scale == "symmetric" else 1.0) / 17
     mass = model.likelihood.log_prob(x, params).exp() * width
     assert mass.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_step_values_reach_the_logger_as_when_logged_on_every_step(tmp_path, monkeypatch, every):
+    """`log_step` skips the steps Lightning does not write to its loggers: the CSV log holds
+    the same rows and values as logging on every step, from 1/every of the `self.log` calls."""
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    import gmlab.models.base as base
+
+    def fit(folder: Path, every_step: bool) -> tuple[list[dict], list[str]]:
+        calls: list[str] = []
+        with monkeypatch.context() as m:
+            if every_step:  # what logging every step would write
+                m.setattr(base, "writes_step_logs", lambda trainer: True)
+            L.seed_everything(0)
+            model = digits_vae(lr_scheduler=part("lr_scheduler", "step"))
+            log = model.log
+            model.log = lambda name, *a, **k: (calls.append(name), log(name, *a, **k))[1]
+            trainer = L.Trainer(
+                max_steps=12,
+                log_every_n_steps=every,
+                logger=CSVLogger(folder),
+                limit_val_batches=0,
+                accelerator="cpu",
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+            )
+            trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
+        text = Path(trainer.logger.experiment.metrics_file_path).read_text()
+        rows = [r for r in csv.DictReader(text.splitlines()) if r.get("train/loss")]
+        return rows, [c for c in calls if c.startswith("train/")]
+
+    rows, calls = fit(tmp_path / "skipping", every_step=False)
+    every_rows, every_calls = fit(tmp_path / "every", every_step=True)
+    assert rows == every_rows and len(rows) == 12 // every
+    assert {"train/loss", "train/elbo", "train/kl", "train/lr"} <= set(rows[0])
+    assert len(calls) * every == len(every_calls) == 4 * 12

@@ -101,6 +101,7 @@ def fit(folder, devices: int) -> tuple[dict, dict]:
         devices=devices,
         strategy="ddp_spawn" if devices > 1 else "auto",
         max_epochs=1,
+        log_every_n_steps=1,  # the last step's train/ values are compared: write every step
         use_distributed_sampler=False,
         callbacks=[SaveCodebook(folder)],
     )

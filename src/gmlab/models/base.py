@@ -56,6 +56,15 @@ def build_optimization(
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, **loop}}
 
 
+def writes_step_logs(trainer: L.Trainer | None) -> bool:
+    """Whether Lightning writes the current training step's values to its loggers (every
+    `trainer.log_every_n_steps`; always without a trainer or under `fast_dev_run`). It is
+    the logger connector's own test, which Lightning's LR monitor also reads."""
+    if trainer is None or trainer.fast_dev_run:
+        return True
+    return bool(getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", True))
+
+
 def check_fused_clipping(optimizer: Mapping | None, trainer: L.Trainer) -> None:
     """ConfigError for a fused optimizer with gradient clipping under mixed precision: the
     fused kernel unscales gradients inside its step, after Lightning would clip them."""
@@ -133,6 +142,18 @@ class GmlabModule(L.LightningModule):
             self.hparams.get("lr_scheduler"),
         )
 
+    def log_step(
+        self, metrics: Mapping[str, torch.Tensor | float], batch_size: int, prog_bar: bool = False
+    ) -> None:
+        """Log per-step training values (on_step only) on the steps Lightning writes to its
+        loggers, and skip them on the others: their values would be dropped there, and
+        every `self.log` call costs a walk over Lightning's metric object (a few of them
+        cost as much as a small MLP's whole step). The progress bar then shows the values
+        of the last written step."""
+        if writes_step_logs(self._trainer):
+            for name, value in metrics.items():
+                self.log(name, value, prog_bar=prog_bar, batch_size=batch_size)
+
     def check_finite(self, value: torch.Tensor, metric: str, batch_idx: int | None = None) -> None:
         """Raise `NonFiniteError` naming the metric, stage and batch if `value` has NaN/inf."""
         if torch.isfinite(value).all():
@@ -176,7 +197,7 @@ class GmlabModule(L.LightningModule):
             return
         if self.trainer.lr_scheduler_configs:
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-            self.log("train/lr", lr, batch_size=self.batch_inputs(batch).shape[0])
+            self.log_step({"train/lr": lr}, batch_size=self.batch_inputs(batch).shape[0])
 
     def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0):
         self.check_batch(batch, batch_idx)

@@ -57,7 +57,7 @@ class DiagonalGaussian(GenerativeModel):
         x, log_det = self.prepare(batch[0], train=True)
         loss = self.to_bits(self.log_prob(x) + log_det).mean()
         self.check_finite(loss, "train/loss", batch_idx)
-        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        self.log_step({"train/loss": loss}, x.shape[0], prog_bar=True)
         return loss
 
     def sample(self, n: int) -> torch.Tensor:

@@ -240,12 +240,11 @@ class GMMClassifier(GmlabModule):
         weight = self.density_weight(self.global_step)
         if weight > 0:  # hybrid objective: + lambda_t (-log p(f)) per feature dimension
             nll_features = -joint.logsumexp(-1).mean() / self.head.dim
-            self.log("train/nll_features", nll_features, batch_size=bs)
+            self.log_step({"train/nll_features": nll_features}, bs)
             loss = loss + weight * nll_features
         self.check_finite(loss, "train/loss", batch_idx)
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        acc = (log_post.argmax(-1) == y).float().mean()
-        self.log("train/acc", acc, batch_size=bs)
+        self.log_step({"train/loss": loss}, bs, prog_bar=True)
+        self.log_step({"train/acc": (log_post.argmax(-1) == y).float().mean()}, bs)
         return loss
 
     def density_weight(self, step: int) -> float:

@@ -128,7 +128,7 @@ class RealNVP(GenerativeModel):
         y, log_det = self.prepare(batch[0], train=True)
         loss = self.to_bits(self.log_prob(y) + log_det).mean()
         self.check_finite(loss, "train/loss", batch_idx)
-        self.log("train/loss", loss, prog_bar=True, batch_size=y.shape[0])
+        self.log_step({"train/loss": loss}, y.shape[0], prog_bar=True)
         return loss
 
     @torch.no_grad()

@@ -216,9 +216,8 @@ class VAE(GenerativeModel):
         loss = -recon + self.kl_weight(self.global_step) * kl_pen
         self.check_finite(loss, "train/loss", batch_idx)
         bs = x.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("train/elbo", recon - kl_sample.mean(), batch_size=bs)
-        self.log("train/kl", kl_sample.mean(), batch_size=bs)
+        self.log_step({"train/loss": loss}, bs, prog_bar=True)
+        self.log_step({"train/elbo": recon - kl_sample.mean(), "train/kl": kl_sample.mean()}, bs)
         return loss
 
     def importance_weighted_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,8 +242,8 @@ class VAE(GenerativeModel):
         loss, bound = self.importance_weighted_loss(x)
         self.check_finite(loss, "train/loss", batch_idx)
         bs = x.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log(f"train/iwae_k{self.hparams.train_k}", bound.mean(), batch_size=bs)
+        self.log_step({"train/loss": loss}, bs, prog_bar=True)
+        self.log_step({f"train/iwae_k{self.hparams.train_k}": bound.mean()}, bs)
         return loss
 
     # ------------------------------------------------------------------ bounds

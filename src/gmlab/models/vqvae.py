@@ -146,11 +146,14 @@ class VQVAE(GenerativeModel):
         loss = -recon.mean() / self.num_dims + vq
         self.check_finite(loss, "train/loss", batch_idx)
         bs = x.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("train/recon", recon.mean(), batch_size=bs)  # log p(x | z_q), as the VAE
-        self.log("train/vq_loss", vq, batch_size=bs)
-        self.log("train/perplexity", perplexity(q.counts), batch_size=bs)  # all ranks' codes
-        self.log("train/codes_used", (q.counts > 0).sum().float(), batch_size=bs)
+        self.log_step({"train/loss": loss}, bs, prog_bar=True)
+        step_values = {
+            "train/recon": recon.mean(),  # log p(x | z_q), as the VAE
+            "train/vq_loss": vq,
+            "train/perplexity": perplexity(q.counts),  # all ranks' codes
+            "train/codes_used": (q.counts > 0).sum().float(),
+        }
+        self.log_step(step_values, bs)
         self.log("train/revived", float(q.revived), reduce_fx="sum", on_step=False, on_epoch=True)
         return loss
 
@@ -276,7 +279,7 @@ class VQVAEPixelCNN(GenerativeModel):
             codes = self.vqvae.codes(batch[0], train=True)
         loss = -self.prior.log_prob(codes).mean() / self.vqvae.num_latents
         self.check_finite(loss, "train/loss", batch_idx)
-        self.log("train/loss", loss, prog_bar=True, batch_size=codes.shape[0])
+        self.log_step({"train/loss": loss}, codes.shape[0], prog_bar=True)
         return loss
 
     @classmethod
