@@ -252,6 +252,7 @@ def main(device: str | None = None) -> None:
     mixture_prior_speed(device)
     if device == "cpu":
         subnormal_speed()
+        step_logging_cost()
     if os.environ.get("GMLAB_BENCH_COMPILE") == "1":
         for name in SETTINGS:
             comp = gmlab_speed(name, steps, device, compile_model=True)
@@ -259,6 +260,40 @@ def main(device: str | None = None) -> None:
                 f"{name:<12} torch.compile: {comp['img_s']:.0f} img/s after "
                 f"{comp['compile_s']:.0f} s of compiling"
             )
+
+
+def step_logging_cost(steps: int = 150, rounds: int = 5) -> None:
+    """Thread-CPU ms of a vae_mnist step in Lightning's fit loop (1 thread, the default
+    `log_every_n_steps` of 10), with every step's values passed to `self.log` (what
+    `log_step` avoids), with `log_step`, and with no logging at all; interleaved rounds."""
+    import gmlab.models.base as base
+
+    cfg = SETTINGS["vae_mnist"]
+    data = RandomImages(cfg["batch"] * (steps + 1), cfg["shape"], batch_size=cfg["batch"])
+    writes = base.writes_step_logs
+    modes = {"self.log every step": lambda t: True, "log_step": writes, "no logging": writes}
+    cpu_ms: dict[str, list[float]] = {k: [] for k in modes}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(rounds):
+            for mode, test in modes.items():
+                base.writes_step_logs = test
+                model = VAE(data_shape=cfg["shape"], **cfg["model"])
+                if mode == "no logging":
+                    model.log = lambda *args, **kwargs: None
+                timer = StepTimer(3)
+                trainer = step_timing_trainer(
+                    timer, limit_train_batches=steps, log_every_n_steps=10
+                )
+                start = time.thread_time()
+                trainer.fit(model, datamodule=data)
+                cpu_ms[mode].append(1e3 * (time.thread_time() - start) / steps)
+    finally:
+        base.writes_step_logs = writes
+        torch.set_num_threads(threads)
+    cells = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in cpu_ms.items())
+    print(f"vae_mnist step, thread-CPU ms (median of {rounds}, 1 thread): {cells}")
 
 
 def mixture_prior_speed(device: str, n: int = 5000, k: int = 500, d: int = 32) -> None:
