@@ -147,9 +147,9 @@ class GmlabModule(L.LightningModule):
     ) -> None:
         """Log per-step training values (on_step only) on the steps Lightning writes to its
         loggers, and skip them on the others: their values would be dropped there, and
-        every `self.log` call costs a walk over Lightning's metric object (a few of them
-        cost as much as a small MLP's whole step). The progress bar then shows the values
-        of the last written step."""
+        every `self.log` call costs a walk over Lightning's metric object, a noticeable
+        share of a small model's step. The progress bar then shows the values of the last
+        written step."""
         if writes_step_logs(self._trainer):
             for name, value in metrics.items():
                 self.log(name, value, prog_bar=prog_bar, batch_size=batch_size)
