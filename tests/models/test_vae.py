@@ -287,3 +287,31 @@ def test_step_values_reach_the_logger_as_when_logged_on_every_step(tmp_path, mon
     assert rows == every_rows and len(rows) == 12 // every
     assert {"train/loss", "train/elbo", "train/kl", "train/lr"} <= set(rows[0])
     assert len(calls) * every == len(every_calls) == 4 * 12
+
+
+@pytest.mark.parametrize(("prior", "options"), [("normal", {}), ("made", {"hidden": [16]})])
+def test_float64_training_runs_in_float64_and_matches_float32(prior, options):
+    """trainer.precision=64-true: batches and prior draws follow the model into float64
+    (they stayed float32 and met float64 weights), and the encoder, prior and decoder
+    terms of the same weights and dequantization noise agree with the float32 model's."""
+    import lightning as L
+
+    L.seed_everything(0)
+    model = digits_vae(prior, options, preprocess={"dequantize": True})
+    quiet_trainer(precision="64-true", max_steps=2, limit_val_batches=1).fit(
+        model, datamodule=DigitsDataModule(batch_size=32)
+    )
+    assert model.sample(3).dtype == torch.float64
+    x_raw = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+
+    def terms(vae: VAE) -> torch.Tensor:  # [5, 2 D + 2], no sampling but the noise
+        torch.manual_seed(1)
+        x, _ = vae.prepare(x_raw)
+        mu, logvar = vae.encode(x)
+        fit = vae.likelihood.log_prob(x, vae.decode(mu))
+        return torch.cat([mu, logvar, fit[:, None], vae.prior.log_prob(mu)[:, None]], 1)
+
+    double = terms(model)
+    single = terms(model.float())
+    assert double.dtype == torch.float64 and single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), double, rtol=1e-4, atol=1e-3)

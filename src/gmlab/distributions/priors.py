@@ -52,6 +52,11 @@ class Prior(nn.Module):
     def device(self) -> torch.device:
         return self._anchor.device
 
+    def standard_normal(self, n: int) -> torch.Tensor:
+        """[n, dim] N(0, I) draws on the prior's device, in its dtype (float64 once the
+        model is converted with `.double()`)."""
+        return torch.randn(n, self.dim, device=self.device, dtype=self._anchor.dtype)
+
     def attach(self, encoder: EncoderAccess) -> None:
         """Receive the model's encoder (default: unused)."""
 
@@ -77,7 +82,7 @@ class NormalPrior(Prior):
         return std_normal_log_prob(z)
 
     def sample(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.dim, device=self.device)
+        return self.standard_normal(n)
 
     def analytic_kl(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """[B, D] KL(N(mu, exp(logvar)) || N(0, 1)) per dimension."""

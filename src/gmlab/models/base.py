@@ -292,9 +292,13 @@ class GenerativeModel(GmlabModule):
     def prepare(
         self, x_raw: torch.Tensor, train: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Check the raw batch's shape, then preprocess: (model input, log-det [B])."""
+        """Check the raw batch's shape, then preprocess: (model input, log-det [B]), in
+        float64 when the model is (`trainer.precision=64-true`), else in float32."""
         check_batch_shape(self, x_raw, self.data_shape)
-        return self.preprocess(x_raw, train=train)
+        x, log_det = self.preprocess(x_raw, train=train)
+        if self.dtype == torch.float64:
+            return x.double(), log_det.double()
+        return x, log_det
 
     # ----------------------------------------------------- shared eval steps
     def evaluate_batch(self, x_raw: torch.Tensor, stage: str, batch_idx: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ class FlowPrior(Prior):
         return std_normal_log_prob(eps) + log_det
 
     def sample(self, n: int) -> torch.Tensor:
-        return self.flow.inverse(torch.randn(n, self.dim, device=self.device))[0]
+        return self.flow.inverse(self.standard_normal(n))[0]
 
 
 class VampPrior(Prior):
