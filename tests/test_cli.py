@@ -97,6 +97,16 @@ def test_fused_optimizer_with_clipping_under_mixed_precision_is_a_clear_error(ru
     assert "set model.optimizer.fused=false" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+def test_half_precision_weights_are_a_clear_error(run_env, precision):
+    args = ["model=vae", "data=digits", f"trainer.precision={precision}", "trainer.max_steps=1"]
+    bad = gmlab("gmlab-train", args, run_env, check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    message = f"error: trainer.precision={precision} stores the weights in half precision"
+    assert message in bad.stderr
+    assert f"use trainer.precision={precision.replace('true', 'mixed')}" in bad.stderr
+
+
 def test_entry_points_flush_subnormals_by_default():
     from hydra import compose, initialize_config_dir
 

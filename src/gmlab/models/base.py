@@ -65,6 +65,22 @@ def writes_step_logs(trainer: L.Trainer | None) -> bool:
     return bool(getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", True))
 
 
+HALF_WEIGHTS = ("16-true", "bf16-true")  # Lightning precisions that convert the weights
+
+
+def check_precision(trainer: L.Trainer) -> None:
+    """ConfigError for half-precision weights: log-likelihoods, bits/dim and EM statistics
+    need float32 (or float64) weights; mixed precision computes in half and keeps them."""
+    precision = str(trainer.precision)
+    if precision in HALF_WEIGHTS:
+        mixed = precision.replace("true", "mixed")
+        raise ConfigError(
+            f"trainer.precision={precision} stores the weights in half precision, too coarse "
+            f"for log-likelihoods: use trainer.precision={mixed} (half-precision compute, "
+            "float32 weights), 32-true or 64-true"
+        )
+
+
 def check_fused_clipping(optimizer: Mapping | None, trainer: L.Trainer) -> None:
     """ConfigError for a fused optimizer with gradient clipping under mixed precision: the
     fused kernel unscales gradients inside its step, after Lightning would clip them."""
@@ -132,6 +148,10 @@ class GmlabModule(L.LightningModule):
     def optimizer_parameters(self) -> Iterable:
         """What the optimizer updates: parameters or param-group dicts (default: all)."""
         return self.parameters()
+
+    def setup(self, stage: str) -> None:
+        if self._trainer is not None:
+            check_precision(self.trainer)
 
     def configure_optimizers(self):
         if self._trainer is not None:
