@@ -59,8 +59,13 @@ def machine() -> str:
 
 def step_timing_trainer(callback, accelerator: str = "cpu", **options):
     """A quiet one-epoch Lightning Trainer for timing training steps: no validation,
-    logging, checkpoints or progress bar; `callback` records the step times."""
+    logging, checkpoints, progress bar or start-up messages; `callback` records the step
+    times."""
+    import logging
+
     import lightning as L
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
     return L.Trainer(
         accelerator=accelerator,
