@@ -282,9 +282,8 @@ def step_logging_cost(steps: int = 150, rounds: int = 5) -> None:
                 model = VAE(data_shape=cfg["shape"], **cfg["model"])
                 if mode == "no logging":
                     model.log = lambda *args, **kwargs: None
-                timer = StepTimer(3)
                 trainer = step_timing_trainer(
-                    timer, limit_train_batches=steps, log_every_n_steps=10
+                    StepTimer(3), limit_train_batches=steps, log_every_n_steps=10
                 )
                 start = time.thread_time()
                 trainer.fit(model, datamodule=data)

@@ -150,12 +150,12 @@ class GmlabModule(L.LightningModule):
         return self.parameters()
 
     def setup(self, stage: str) -> None:
+        """Check the trainer's settings against the model before any batch runs."""
         if self._trainer is not None:
             check_precision(self.trainer)
+            check_fused_clipping(self.hparams.get("optimizer"), self.trainer)
 
     def configure_optimizers(self):
-        if self._trainer is not None:
-            check_fused_clipping(self.hparams.get("optimizer"), self.trainer)
         return build_optimization(
             self.optimizer_parameters(),
             self.hparams.get("optimizer"),

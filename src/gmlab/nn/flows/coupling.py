@@ -126,11 +126,11 @@ class ResNet(nn.Module):
         self.out = wn_conv(filters, out_channels, kernel_size, zero=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            # a fresh channels-last tensor, also for one channel (MNIST's first couplings):
-            # such an input is contiguous in both formats, `contiguous()` keeps its NCHW
-            # strides, and oneDNN would then run the first conv, forward and backward, in
-            # NCHW and convert its 64-channel output and gradient every step
+        if self.channels_last and x.stride(1) != 1:
+            # copied into channels-last strides, also for one channel (MNIST's first
+            # couplings): such an input is contiguous in both formats, `contiguous()` keeps
+            # its NCHW strides, and oneDNN would then run the first conv, forward and
+            # backward, in NCHW and convert its 64-channel output and gradient every step
             x = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
         h = F.relu(self.inp_norm(self.inp(x)), inplace=True)
         h = F.relu(self.blocks(h), inplace=True)
