@@ -9,6 +9,7 @@ import warnings
 
 from omegaconf import DictConfig, OmegaConf
 
+import gmlab.utils.launcher  # noqa: F401 - registers the SLURM launcher's resolvers
 from gmlab.errors import GmlabError
 
 
