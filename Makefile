@@ -34,8 +34,12 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks notebooks scripts
 	$(VENV)/bin/ruff check --fix src tests benchmarks notebooks scripts
 
+## tensorboard: the runs under outputs/ at http://127.0.0.1:6006; another interface only when
+## asked (make tensorboard HOST=0.0.0.0), for a remote machine see docs/sweeps.md (ssh -L)
+HOST   ?= 127.0.0.1
+PORT   ?= 6006
 tensorboard: $(STAMP)
-	$(VENV)/bin/tensorboard --logdir outputs --bind_all
+	$(VENV)/bin/tensorboard --logdir outputs --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
