@@ -10,14 +10,20 @@
 
 `fit` runs the same LightningModules as `gmlab-train` (`gmlab.models.mfa.MFAModel`, then
 `gmlab.models.mfa_finetune.MFAFinetune` when `finetune_epochs` > 0) on Lightning Trainers
-without loggers or checkpoints. Inputs:
+without loggers or checkpoints. `MFA` follows scikit-learn's estimator convention
+(`get_params` / `set_params`, fitted attributes end in "_"), so `sklearn.base.clone`,
+`GridSearchCV` and `Pipeline` work with it. What `fit` gets fixes the kind of data
+(`input_kind_`, see `gmlab.estimators.inputs`):
 
-* float arrays/tensors [N, d]: modelled as they are (any units);
-* integer arrays/tensors (uint8 pixels 0..255): dequantized, y = (x + u) / 256, so that
-  `score_samples` is the log-density of y on the unit cube, `bpd` gmlab's bits/dim
-  (`gmlab.metrics.bits_per_dim`), and `sample` / `reconstruct` return pixel values in
-  [0, 255];
-* a gmlab DataModule: its training split (images [N, C, H, W] are flattened).
+* float arrays/tensors [N, d] ("continuous"): modelled as they are (any units); later
+  integer inputs are cast to float, so the same values score the same in any dtype;
+* integer arrays/tensors ("pixels": 8-bit values 0..255, other values are refused):
+  dequantized, y = (x + u) / 256, so that `score_samples` is the log-density of y on the
+  unit cube, `bpd` gmlab's bits/dim (`gmlab.metrics.bits_per_dim`), and `sample` /
+  `reconstruct` return pixel values in [0, 255]; later inputs must be pixels too
+  (integers, or floats with whole values, in 0..255);
+* a gmlab DataModule: its training split (images [N, C, H, W] are flattened; its dtype
+  fixes the kind).
 
 Outputs are numpy arrays for numpy inputs and torch tensors otherwise.
 """
@@ -31,10 +37,13 @@ import warnings
 import lightning as L
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils.validation import check_is_fitted
 
 from gmlab.data.base import InMemoryDataModule
 from gmlab.distributions.mfa import NOISE_TYPES
-from gmlab.errors import NonFiniteError, ShapeError
+from gmlab.errors import ConfigError, ShapeError
+from gmlab.estimators.inputs import PIXELS, as_batch, as_kind, kind_of
 from gmlab.metrics import bits_per_dim
 from gmlab.models.mfa import MFAModel
 from gmlab.models.mfa_finetune import MFAFinetune
@@ -42,7 +51,7 @@ from gmlab.models.mfa_finetune import MFAFinetune
 __all__ = ["MFA"]
 
 
-class MFA:
+class MFA(DensityMixin, BaseEstimator):
     """Mixture of factor analyzers (or of PPCAs) fitted by EM.
 
     Args:
@@ -67,7 +76,14 @@ class MFA:
 
     Fitted attributes: `means_` [K, d], `factors_` [K, d, l], `noise_variance_` [K, d],
     `weights_` [K], `n_iter_`, `log_likelihood_` (mean training log-likelihood after
-    each EM pass's E-step), `n_features_in_`, `model_` (the LightningModule).
+    each EM pass's E-step), `n_features_in_`, `input_kind_` ("pixels" or "continuous"),
+    `model_` (the LightningModule).
+
+    Where pixels are assumed, integer values outside 0..255 are a `ShapeError` naming the
+    argument: in `fit` on an integer array, and, for a model fitted on pixels, in
+    `score_samples`, `score`, `predict`, `predict_proba`, `reconstruct` and `bpd`. Floats
+    beyond float32's range are a `NonFiniteError` everywhere; `n_components` larger than
+    the number of samples is a `ConfigError` in `fit`.
     """
 
     def __init__(
@@ -108,66 +124,38 @@ class MFA:
         self.random_state = random_state
         self.verbose = verbose
 
-    def __repr__(self) -> str:
-        return (
-            f"MFA(n_components={self.n_components}, n_factors={self.n_factors}, "
-            f"noise={self.noise!r}, max_iter={self.max_iter})"
-        )
-
     # -------------------------------------------------------------- checks
     def _check_params(self) -> None:
         if self.noise not in NOISE_TYPES:
-            raise ValueError(f"noise must be one of {NOISE_TYPES}, got {self.noise!r}")
+            raise ConfigError(f"noise must be one of {NOISE_TYPES}, got {self.noise!r}")
         for name in ("n_components", "max_iter", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.n_factors, (int, np.integer)) or self.n_factors < 0:
-            raise ValueError(f"n_factors must be a non-negative integer, got {self.n_factors!r}")
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("n_factors", "finetune_epochs", "random_state"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
         if self.init not in ("kmeans", "rnd_samples"):
-            raise ValueError(f"init must be 'kmeans' or 'rnd_samples', got {self.init!r}")
+            raise ConfigError(f"init must be 'kmeans' or 'rnd_samples', got {self.init!r}")
         if self.noise_floor <= 0:
-            raise ValueError(f"noise_floor must be > 0, got {self.noise_floor}")
+            raise ConfigError(f"noise_floor must be > 0, got {self.noise_floor}")
         if self.noise_reg < 0:
-            raise ValueError(f"noise_reg must be >= 0, got {self.noise_reg}")
+            raise ConfigError(f"noise_reg must be >= 0, got {self.noise_reg}")
+        if self.tol < 0:
+            raise ConfigError(f"tol must be >= 0, got {self.tol}")
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise RuntimeError(
-                "This MFA instance is not fitted yet: call fit(X) before using this method."
-            )
-
-    def _as_tensor(
-        self, X, name: str = "X", allow_images: bool = True
-    ) -> tuple[torch.Tensor, bool]:
-        """Validate an input batch: ([N, d] tensor, whether it came as numpy)."""
-        is_numpy = not torch.is_tensor(X)
-        if is_numpy:
-            try:
-                X = torch.as_tensor(np.asarray(X))
-            except (TypeError, ValueError) as exc:
-                raise ShapeError(f"{name} must be an array or tensor of numbers: {exc}") from exc
-        if X.dtype == torch.bool or X.is_complex():
-            raise ShapeError(f"{name} must hold real numbers, got dtype {X.dtype}")
-        if X.dim() == 1:
+    def _input(self, X, name: str = "X") -> tuple[torch.Tensor, bool]:
+        """A later input, validated and in the form of the fit's kind of data:
+        ([N, d] tensor, whether X was not a tensor)."""
+        check_is_fitted(self, "model_")
+        x, is_numpy = as_batch(X, name)
+        if x.shape[1] != self.n_features_in_:
             raise ShapeError(
-                f"{name} must be 2-D [n_samples, n_features], got a 1-D array of shape "
-                f"{tuple(X.shape)}; use X.reshape(1, -1) for a single sample"
+                f"{name} has {x.shape[1]} features, but MFA is expecting "
+                f"{self.n_features_in_} features as input (the number it was fitted with)"
             )
-        if X.dim() > 2:
-            if not allow_images:
-                raise ShapeError(f"{name} must be 2-D, got shape {tuple(X.shape)}")
-            X = X.reshape(X.shape[0], -1)
-        if X.shape[0] == 0:
-            raise ShapeError(f"{name} has no samples (shape {tuple(X.shape)})")
-        if X.is_floating_point() and not torch.isfinite(X).all():
-            raise NonFiniteError(f"{name} contains NaN or infinite values")
-        if hasattr(self, "n_features_in_") and X.shape[1] != self.n_features_in_:
-            raise ShapeError(
-                f"{name} has {X.shape[1]} features, but MFA was fitted with "
-                f"{self.n_features_in_} features"
-            )
-        return X, is_numpy
+        return as_kind(x, self.input_kind_, name), is_numpy
 
     def _out(self, t: torch.Tensor, is_numpy: bool):
         t = t.detach()
@@ -178,23 +166,29 @@ class MFA:
         """Fit by EM (then `finetune_epochs` of Adam). X: [N, d] array/tensor or a
         gmlab DataModule. Returns self."""
         self._check_params()
-        for attr in ("n_features_in_", "model_"):
+        for attr in ("n_features_in_", "input_kind_", "model_"):
             self.__dict__.pop(attr, None)
         if isinstance(X, L.LightningDataModule):
             dm = X
             dm.setup("fit")
             x_train = dm.tensors("train")[0] if hasattr(dm, "tensors") else None
             shape = tuple(getattr(dm, "shape", ()) or tuple(x_train.shape[1:]))
-            self._integer = x_train is not None and not x_train.is_floating_point()
+            kind = kind_of(x_train) if x_train is not None else PIXELS
             n = len(x_train) if x_train is not None else None
         else:
-            x, _ = self._as_tensor(X)
+            x, _ = as_batch(X)
+            kind = kind_of(x)
+            x = as_kind(x, kind)
             shape = (x.shape[1],)
-            self._integer = not x.is_floating_point()
             dm = _TensorDataModule(x, batch_size=self.batch_size)
             n = len(x)
         if n is not None and n < 2:
-            raise ShapeError(f"MFA needs at least 2 samples to fit, got {n}")
+            raise ShapeError(f"MFA needs at least 2 samples to fit, got n_samples={n}")
+        if n is not None and self.n_components > n:
+            raise ConfigError(
+                f"n_components={self.n_components} is larger than the number of samples "
+                f"({n}): each component needs points of its own; use n_components <= {n}"
+            )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             model = MFAModel(
@@ -217,6 +211,7 @@ class MFA:
                     model = self._finetune(model, dm)
         self.model_ = model.eval()
         self.n_features_in_ = model.num_dims
+        self.input_kind_ = kind
         self.log_likelihood_ = list(history.history)
         self.n_iter_ = history.passes
         self.converged_ = history.converged
@@ -258,25 +253,25 @@ class MFA:
         return model
 
     # ----------------------------------------------------------- inference
-    def _model_space(self, X) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def _model_space(self, X, name: str = "X") -> tuple[torch.Tensor, torch.Tensor, bool]:
         """Validated X -> (model-space points [N, d], log-det [N], came as numpy)."""
-        self._check_fitted()
-        x, is_numpy = self._as_tensor(X)
+        x, is_numpy = self._input(X, name)
         model = self.model_
         x = x.to(model.device)
-        if self._integer and x.is_floating_point():
-            raise ShapeError("MFA was fitted on integer pixels: pass integer (uint8) data here too")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state + 1)
             xm, log_det = model.preprocess(x)
         return xm.to(model.mixture.means.dtype), log_det, is_numpy
 
     @torch.no_grad()
+    def _log_prob(self, X, name: str = "X") -> tuple[torch.Tensor, bool]:
+        x, log_det, is_numpy = self._model_space(X, name)
+        return self.model_.mixture.log_prob(x) + log_det, is_numpy
+
     def score_samples(self, X):
         """[N] log-density of each sample (nats; for integer pixels: of the dequantized
         y = (x + u) / 256 on the unit cube)."""
-        x, log_det, is_numpy = self._model_space(X)
-        return self._out(self.model_.mixture.log_prob(x) + log_det, is_numpy)
+        return self._out(*self._log_prob(X))
 
     def score(self, X, y=None) -> float:
         """Mean log-likelihood per sample (nats)."""
@@ -298,12 +293,12 @@ class MFA:
     def sample(self, n_samples: int = 1, with_noise: bool = True):
         """(X [n, d], components [n]) drawn from the model (numpy arrays); pixel values in
         [0, 255] when fitted on integer pixels."""
-        self._check_fitted()
-        if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        check_is_fitted(self, "model_")
+        if not _is_int(n_samples) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         gen = torch.Generator(device=self.model_.device).manual_seed(self.random_state + 2)
         x, comp = self.model_.mixture.sample(int(n_samples), with_noise, generator=gen)
-        if self._integer:
+        if self.input_kind_ == PIXELS:
             x = self.model_.preprocess.to_pixels(x)
         return x.cpu().numpy(), comp.cpu().numpy()
 
@@ -312,8 +307,7 @@ class MFA:
         """In-painting: keep X where `mask` is True, fill the rest with the conditional
         mean given the kept coordinates (under the MAP component, or mode="mixture":
         responsibility-weighted). mask: bool [N, d] or [d]."""
-        self._check_fitted()
-        x, is_numpy = self._as_tensor(X)
+        x, is_numpy = self._input(X)
         m = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask)
         if m.dtype != torch.bool:
             raise ShapeError(f"mask must be boolean (True = observed), got dtype {m.dtype}")
@@ -322,30 +316,37 @@ class MFA:
             raise ShapeError(f"mask must have shape {tuple(x.shape)} or [{x.shape[1]}]")
         model = self.model_
         x, m = x.to(model.device), m.to(model.device)
-        xm = model.preprocess.to_model_space(x) if self._integer else x
+        pixels = self.input_kind_ == PIXELS
+        xm = model.preprocess.to_model_space(x) if pixels else x
         rec = model.mixture.reconstruct(xm.to(model.mixture.means.dtype), m, mode)
-        if self._integer:
+        if pixels:
             rec = torch.where(m, x.to(rec.dtype), model.preprocess.to_pixels(rec))
         return self._out(rec, is_numpy)
 
     @torch.no_grad()
     def bpd(self, X_uint8, per_sample: bool = False):
-        """Bits/dim of integer pixels (0..255) on gmlab's convention:
-        (-log p(y) + d ln 256) / (d ln 2) with y = (x + u) / 256. Needs a model fitted on
-        integer pixels or on their dequantized values in [0, 1]. Mean, or [N] values."""
-        self._check_fitted()
-        x, is_numpy = self._as_tensor(X_uint8, "X_uint8")
-        if x.is_floating_point():
+        """Bits/dim of pixels (0..255) on gmlab's convention:
+        (-log p(y) + d ln 256) / (d ln 2) with y = (x + u) / 256. Only for a model fitted on
+        integer pixels: bits/dim of float data have no such convention (use
+        -score_samples(X) / (d ln 2) for bits per dimension of their density). Mean, or [N]
+        values."""
+        check_is_fitted(self, "model_")
+        if self.input_kind_ != PIXELS:
             raise ShapeError(
-                f"bpd expects integer pixel values (uint8 0..255), got dtype {x.dtype}"
+                "bpd needs a model fitted on 8-bit pixels (an integer array), but this MFA "
+                "was fitted on floats, taken as continuous values: fit it on the uint8 pixels, "
+                "or use -score_samples(X) / (n_features * ln 2) for bits per dimension of "
+                "their density"
             )
-        if x.min() < 0 or x.max() > 255:
-            raise ShapeError("bpd expects pixel values in 0..255")
-        ll = self.score_samples(x)  # the same dequantization noise as score_samples
-        bits = bits_per_dim(ll, num_dims=x.shape[1])
+        ll, is_numpy = self._log_prob(X_uint8, "X_uint8")
+        bits = bits_per_dim(ll, num_dims=self.n_features_in_)
         if per_sample:
             return self._out(bits, is_numpy)
         return float(bits.mean())
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @contextlib.contextmanager
