@@ -29,3 +29,8 @@ class SingularCovarianceError(GmlabError, FloatingPointError):
 
 class ConfigError(GmlabError, ValueError):
     """A config option is unknown, out of range, or does not fit the other options."""
+
+
+class UntrustedFileError(GmlabError):
+    """A file gmlab reads (checkpoint, stored run config) names code it may not run
+    (`gmlab.utils.trust`)."""

@@ -24,26 +24,35 @@ from gmlab.utils.instantiate import instantiate_loggers
 from gmlab.utils.provenance import trainer_device
 from gmlab.utils.runs import PROJECT_ROOT, RunRecord, finish_run, plain_config, scalar_metrics
 from gmlab.utils.sweep import run_recorded
+from gmlab.utils.trust import check_stored_config, trusting
 
 os.environ.setdefault("GMLAB_ROOT", str(PROJECT_ROOT))
+
+
+# a data config's keys that say where files are read and written: the user's, never a file's
+LOCAL_DATA_KEYS = ("root", "cache_dir", "download")
 
 
 def data_config(cfg: DictConfig, checkpoint: dict) -> DictConfig:
     """The data config to test on.
 
     `data=<name>` on the command line: that config. Otherwise the one stored with the
-    checkpoint, with the keys given on the command line (`data.root=<dir>`,
-    `+data.<key>=<value>`) replacing its own. A null `root` means "unchanged" (eval.yaml's
-    default).
+    checkpoint, checked like any config read from a file (`gmlab.utils.trust`), with this
+    machine's locations in place of the stored ones (`root`: `data.root` or
+    `paths.data_dir`; no `cache_dir`; no download) and the keys given on the command line
+    (`data.root=<dir>`, `+data.<key>=<value>`) replacing its own.
     """
     given = OmegaConf.to_container(cfg.data, resolve=True)
     if given.get("root", "") is None:
-        del given["root"]
+        given["root"] = cfg.paths.data_dir
     if "_target_" in given:
         return OmegaConf.create(given)
     stored = checkpoint.get("gmlab", {}).get("config", {}).get("data")
-    if not stored:
+    if not isinstance(stored, dict) or not stored:
         raise GmlabError(f"{cfg.ckpt_path} records no data config: pass data=<name> explicitly.")
+    check_stored_config(stored, cfg.ckpt_path, "gmlab.config.data")
+    local = {"root": given["root"], "cache_dir": None, "download": False}
+    stored = {**stored, **{key: local[key] for key in LOCAL_DATA_KEYS if key in stored}}
     return OmegaConf.merge(OmegaConf.create(stored), given)
 
 
@@ -103,7 +112,7 @@ def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, floa
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="eval")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    with user_errors(), trusting(cfg.get("trusted_targets")):
         cpu_float_mode(cfg)
         metrics = run_recorded(cfg, "eval", evaluate)
     if metrics is None:  # a failed job of a multirun (recorded in its run.json)

@@ -23,6 +23,7 @@ from gmlab.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from gmlab.utils.provenance import trainer_device
 from gmlab.utils.runs import PROJECT_ROOT, RunRecord, finish_run, plain_config, scalar_metrics
 from gmlab.utils.sweep import run_recorded
+from gmlab.utils.trust import trusting
 
 os.environ.setdefault("GMLAB_ROOT", str(PROJECT_ROOT))
 
@@ -109,7 +110,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """The metric `optimized_metric` for sweepers; None for a failed job of a multirun."""
-    with user_errors():
+    with user_errors(), trusting(cfg.get("trusted_targets")):
         cpu_float_mode(cfg)
         metrics = run_recorded(cfg, "train", train)
     name = cfg.get("optimized_metric")

@@ -16,6 +16,7 @@ from support.cli import gmlab
 from support.compose import train_config
 
 from gmlab.data import DigitsDataModule
+from gmlab.errors import UntrustedFileError
 from gmlab.models.vae import VAE
 from gmlab.nn.priors import VampPrior
 from gmlab.train import train
@@ -99,7 +100,10 @@ def test_a_prior_added_through_the_search_path_trains_with_gmlab_train(
         env,
     )
     monkeypatch.syspath_prepend(str(tmp_path))  # the checkpoint names the module
-    model = load_model(out / "checkpoints" / "last.ckpt")
+    last = out / "checkpoints" / "last.ckpt"
+    with pytest.raises(UntrustedFileError, match=r"hyper_parameters\.prior\._target_"):
+        load_model(last)  # a part outside gmlab: built from a file only with the opt-in
+    model = load_model(last, trusted_targets=["toy_prior_module."])
     assert type(model.prior).__name__ == "WidePrior" and model.prior.scale == 3.0
     assert model.kl_mode == "mc"  # no analytic KL offered: Monte Carlo
     metrics = json.loads((out / "metrics.json").read_text())

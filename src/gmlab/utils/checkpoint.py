@@ -5,74 +5,104 @@ Old checkpoints: a model class records `checkpoint_version` in every checkpoint
 (`checkpoint["gmlab"]["version"]`, 0 when absent) and converts hyperparameters saved at an
 older version in its classmethod `migrate_hparams(hparams, version)`; `load_model` applies
 it before the model is built, and the model's `on_load_checkpoint` renames old weights.
+
+A checkpoint may come from anyone: nothing in it chooses code to run (`gmlab.utils.trust`).
 """
 
 from __future__ import annotations
 
 import importlib
-import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from gmlab.errors import CheckpointMismatchError
+from gmlab.errors import CheckpointMismatchError, GmlabError
+from gmlab.utils.trust import check_model_class, check_stored_config, trusting
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint dict on the CPU, with a clear error for missing/corrupt files."""
+    """Load a checkpoint dict on the CPU, with a clear error for missing/corrupt files.
+    `weights_only=True`: tensors and plain containers, no pickled code."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointMismatchError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle means a bad file
         raise CheckpointMismatchError(
             f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}"
         ) from exc
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("gmlab", {}), dict):
+        raise CheckpointMismatchError(f"{path} is not a gmlab checkpoint (not a dict)")
+    return checkpoint
 
 
-def model_class(checkpoint: dict, path: str | Path = "") -> type[L.LightningModule]:
-    """The LightningModule class recorded in a gmlab checkpoint."""
+def model_class(
+    checkpoint: dict, path: str | Path = "", trusted_targets: Sequence[str] = ()
+) -> type[L.LightningModule]:
+    """The LightningModule class recorded in a gmlab checkpoint: a class of `gmlab.models`
+    (or under a `trusted_targets` prefix), checked as a name before its module is imported."""
     name = checkpoint.get("gmlab", {}).get("class")
     if not name:
         raise CheckpointMismatchError(f"{path} was not written by gmlab (no model class recorded)")
+    check_model_class(name, path, trusted_targets)
     module, _, qualname = name.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), qualname)
+        cls = getattr(importlib.import_module(module), qualname)
     except (ImportError, AttributeError) as exc:
         raise CheckpointMismatchError(
             f"{path} holds a {name}, which this gmlab cannot import"
         ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, L.LightningModule)):
+        raise CheckpointMismatchError(f"{path} records {name}, which is not a model class")
+    return cls
 
 
-def migrate_checkpoint(checkpoint: dict, cls: type[L.LightningModule]) -> bool:
+def migrate_checkpoint(checkpoint: dict, cls: type[L.LightningModule]) -> None:
     """Bring the checkpoint's hyperparameters to `cls`'s current options in place
-    (`cls.migrate_hparams`, from the recorded version); True if anything changed."""
+    (`cls.migrate_hparams`, from the recorded version)."""
     version = checkpoint.get("gmlab", {}).get("version", 0)
     migrate = getattr(cls, "migrate_hparams", None)
     current = getattr(cls, "checkpoint_version", 0)
     if migrate is None or version >= current or "hyper_parameters" not in checkpoint:
-        return False
+        return
     checkpoint["hyper_parameters"] = migrate(dict(checkpoint["hyper_parameters"]), version)
     checkpoint["gmlab"] = {**checkpoint.get("gmlab", {}), "version": current}
-    return True
 
 
-def load_model(path: str | Path, map_location: str = "cpu") -> L.LightningModule:
+def load_model(
+    path: str | Path, map_location: str = "cpu", trusted_targets: Sequence[str] = ()
+) -> L.LightningModule:
     """Rebuild any gmlab model from its checkpoint (class, hyperparameters and weights),
-    also one written by an older gmlab (see the module docstring)."""
+    also one written by an older gmlab (see the module docstring).
+
+    The file is data: its model class and every `_target_` of its hyperparameters are
+    checked against `gmlab.utils.trust` before anything is built; `trusted_targets`
+    (module prefixes) allows more, for a file the caller trusts (docs/security.md).
+
+    >>> model = load_model("outputs/train/runs/<run>/checkpoints/last.ckpt")  # doctest: +SKIP
+    """
     checkpoint = read_checkpoint(path)
-    cls = model_class(checkpoint, path)
-    source: str | Path | io.BytesIO = path
-    if migrate_checkpoint(checkpoint, cls):
-        source = io.BytesIO()
-        torch.save(checkpoint, source)
-        source.seek(0)
-    try:
-        return cls.load_from_checkpoint(source, map_location=map_location, weights_only=True)
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise CheckpointMismatchError(f"cannot rebuild {cls.__name__} from {path}: {exc}") from exc
+    cls = model_class(checkpoint, path, trusted_targets)
+    migrate_checkpoint(checkpoint, cls)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if not isinstance(hparams, dict):
+        raise CheckpointMismatchError(f"{path}: hyper_parameters is not a dict")
+    check_stored_config(hparams, path, "hyper_parameters", trusted_targets)
+    with trusting(trusted_targets):  # also for the checkpoints a model loads itself
+        try:
+            model = cls(**hparams)
+            model.on_load_checkpoint(checkpoint)
+            model.load_state_dict(checkpoint.get("state_dict", {}), strict=True)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, GmlabError):
+                raise
+            raise CheckpointMismatchError(
+                f"cannot rebuild {cls.__name__} from {path}: {exc}"
+            ) from exc
+    return model.to(map_location)
 
 
 def check_compatible(model: L.LightningModule, path: str | Path) -> None:
