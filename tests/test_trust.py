@@ -127,9 +127,7 @@ def test_a_model_class_outside_gmlab_is_refused(vae, tmp_path):
         load_model(checkpoint_path)
 
 
-def test_a_model_class_whose_import_has_a_side_effect_is_never_imported(
-    vae, tmp_path, monkeypatch
-):
+def test_a_model_class_whose_import_has_a_side_effect_is_never_imported(vae, tmp_path, monkeypatch):
     marker = tmp_path / "imported.txt"
     (tmp_path / "side_effect_module.py").write_text(
         f"open({str(marker)!r}, 'w').write('ran')\nclass Model: pass\n"

@@ -177,6 +177,36 @@ def test_stage_two_finds_the_newest_matching_stage_one_checkpoint(tmp_path):
         VQVAEPixelCNN((1, 8, 8), str(tmp_path))
 
 
+def test_auto_takes_the_stage_one_run_of_the_same_data_not_only_the_same_shape(tmp_path, caplog):
+    """MNIST and Fashion-MNIST are both 1x28x28: auto matches the run's data config."""
+    mnist = {"_target_": "gmlab.data.MNISTDataModule", "shape": [1, 8, 8], "root": "/a"}
+    fashion = {**mnist, "_target_": "gmlab.data.FashionMNISTDataModule"}
+
+    def run(name: str, data: dict, num_codes: int) -> str:
+        folder = tmp_path / name / "checkpoints"
+        folder.mkdir(parents=True)
+        model = VQVAE((1, 8, 8), num_codes=num_codes, code_dim=2, hidden=4, downsample=1)
+        path = save_untrained(model, folder / "best-001.ckpt")
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["gmlab"]["config"] = {"data": data}
+        torch.save(checkpoint, path)
+        return path
+
+    on_mnist = run("a", mnist, 4)
+    run("b", fashion, 5)  # newer, same shape, other data
+    here = {**mnist, "root": "/elsewhere", "batch_size": 7}  # loading keys do not count
+    stage_two = VQVAEPixelCNN((1, 8, 8), "auto", str(tmp_path), num_blocks=1, data=here)
+    assert stage_two.hparams.vqvae_ckpt == on_mnist and stage_two.vqvae.num_codes == 4
+    run("c", mnist, 6)
+    with caplog.at_level("WARNING"):
+        stage_two = VQVAEPixelCNN((1, 8, 8), "auto", str(tmp_path), num_blocks=1, data=here)
+    assert stage_two.vqvae.num_codes == 6  # the newest of the two matches, said in one line
+    assert [r.getMessage() for r in caplog.records if "2 stage-1 runs" in r.getMessage()]
+    cifar = {**mnist, "_target_": "gmlab.data.CIFAR10DataModule"}
+    with pytest.raises(ConfigError, match="no VQ-VAE checkpoint of gmlab.data.CIFAR10DataModule"):
+        VQVAEPixelCNN((1, 8, 8), "auto", str(tmp_path), num_blocks=1, data=cifar)
+
+
 @pytest.mark.slow
 def test_both_stages_as_one_multirun_command(tmp_path, run_env):
     tiny = [

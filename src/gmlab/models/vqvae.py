@@ -18,6 +18,7 @@ density, as every density model here).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ from gmlab.nn.pixelcnn import GatedPixelCNN
 from gmlab.nn.vector_quantizer import perplexity
 from gmlab.nn.vq_autoencoder import VQDecoder, VQEncoder
 from gmlab.utils.checkpoint import load_model, model_class, read_checkpoint
+
+log = logging.getLogger(__name__)
 
 # the seed's codebook: learned by gradient from U(-1/K, 1/K), no revival (checkpoints
 # written before the quantizer option hold this one)
@@ -224,7 +227,8 @@ class VQVAEPixelCNN(GenerativeModel):
         data_shape: (C, H, W), the VQ-VAE's.
         vqvae_ckpt: the trained `VQVAE` (`gmlab-train experiment=vqvae_...`): a checkpoint
             file, a run directory (its best checkpoint), or "auto": the newest best
-            checkpoint of a VQ-VAE on images of this shape among the runs in `search_dir`.
+            checkpoint of a VQ-VAE trained on the same data (`data`) among the runs in
+            `search_dir`.
         search_dir: where "auto" looks: a folder of run directories (the preset gives the
             parent of this run's own directory: the other jobs of a multirun, or the
             single runs).
@@ -233,6 +237,8 @@ class VQVAEPixelCNN(GenerativeModel):
         embed_dim, channels, num_blocks, kernel_size, head_channels: `GatedPixelCNN`'s.
         optimizer, lr_scheduler: part configs for the PixelCNN's optimization (None: Adam at
             1e-3, constant lr).
+        data: this run's data config (the preset passes `${data}`), which "auto" matches
+            against each stage-1 run's (None: the image shape alone).
     """
 
     checkpoint_version = 1  # 0: a flat `lr` and `lr_schedule`, also in the embedded `vqvae`
@@ -250,14 +256,16 @@ class VQVAEPixelCNN(GenerativeModel):
         head_channels: int = 512,
         optimizer: dict | None = None,
         lr_scheduler: dict | None = None,
+        data: dict | None = None,
     ) -> None:
         if not vqvae and vqvae_ckpt:
-            vqvae_ckpt = find_vqvae_checkpoint(vqvae_ckpt, data_shape, search_dir)
+            vqvae_ckpt = find_vqvae_checkpoint(vqvae_ckpt, data_shape, search_dir, data)
         autoencoder = frozen_vqvae(vqvae_ckpt, vqvae)
         super().__init__(data_shape, autoencoder.preprocess.config())
         self.save_hyperparameters()
         self.hparams["vqvae_ckpt"] = vqvae_ckpt  # the file found, for the record
         self.hparams["vqvae"] = dict(autoencoder.hparams)
+        self.hparams["data"] = None  # only "auto" reads it, on the first build
         self.hparams["optimizer"] = dict(optimizer or ADAM)
         if self.data_shape != autoencoder.data_shape:
             raise ConfigError(
@@ -319,10 +327,36 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def find_vqvae_checkpoint(spec: str, data_shape: Sequence[int], search_dir: str | None) -> str:
+# data-config keys that say how or where data are loaded, not which data they are
+LOADING_KEYS = frozenset(
+    {
+        "root",
+        "cache",
+        "cache_dir",
+        "download",
+        "batch_size",
+        "eval_batch_size",
+        "num_workers",
+        "pin_memory",
+        "persistent_workers",
+        "limit",
+    }
+)
+
+
+def dataset_identity(data: dict | None) -> dict:
+    """The keys of a data config that say which data it gives (class, shape, splits...)."""
+    return {k: v for k, v in (data or {}).items() if k not in LOADING_KEYS}
+
+
+def find_vqvae_checkpoint(
+    spec: str, data_shape: Sequence[int], search_dir: str | None, data: dict | None = None
+) -> str:
     """Resolve `model.vqvae_ckpt`: a file as given; a run directory -> its best checkpoint;
-    "auto" -> the newest best checkpoint of a VQVAE over `data_shape` images among the run
-    directories in `search_dir`."""
+    "auto" -> the newest best checkpoint of a VQVAE among the run directories in
+    `search_dir` whose run used the same data (`dataset_identity` of its stored data config
+    equal to `data`'s; the image shape alone when `data` is None). More than one match is
+    said in one line."""
     path = Path(spec)
     if spec != "auto":
         if not path.is_dir():
@@ -339,16 +373,32 @@ def find_vqvae_checkpoint(spec: str, data_shape: Sequence[int], search_dir: str 
             f"model.vqvae_ckpt=auto needs model.search_dir, a folder of runs; got {search_dir}"
         )
     runs = [best_checkpoint(run) for run in folder.iterdir() if run.is_dir()]
+    matches = []
     for ckpt in sorted(filter(None, runs), key=lambda p: p.stat().st_mtime, reverse=True):
         checkpoint = read_checkpoint(ckpt)
+        if model_class(checkpoint, ckpt) is not VQVAE:
+            continue
         shape = checkpoint.get("hyper_parameters", {}).get("data_shape")
-        if model_class(checkpoint, ckpt) is VQVAE and list(shape or []) == list(data_shape):
-            return str(ckpt)
-    raise ConfigError(
-        f"model.vqvae_ckpt=auto found no VQ-VAE checkpoint of {list(data_shape)} images in the "
-        f"runs under {folder.resolve()}: train stage 1 first (e.g. gmlab-train -m "
-        "experiment=vqvae_mnist,vqvae_pixelcnn_mnist), or give model.vqvae_ckpt=<run or file>"
-    )
+        stored = checkpoint["gmlab"].get("config", {}).get("data")
+        same = dataset_identity(stored) == dataset_identity(data) if data else True
+        if list(shape or []) == list(data_shape) and same:
+            matches.append(ckpt)
+    what = f"{data.get('_target_')} {list(data_shape)}" if data else f"{list(data_shape)} images"
+    if not matches:
+        raise ConfigError(
+            f"model.vqvae_ckpt=auto found no VQ-VAE checkpoint of {what} in the runs under "
+            f"{folder.resolve()}: train stage 1 on the same data first (e.g. gmlab-train -m "
+            "experiment=vqvae_mnist,vqvae_pixelcnn_mnist), or give model.vqvae_ckpt=<run or file>"
+        )
+    if len(matches) > 1:
+        log.warning(
+            "model.vqvae_ckpt=auto: %d stage-1 runs of %s match; using the newest, %s "
+            "(give model.vqvae_ckpt=<run> to choose)",
+            len(matches),
+            what,
+            matches[0],
+        )
+    return str(matches[0])
 
 
 def frozen_vqvae(path: str | None, hparams: dict | None) -> VQVAE:
