@@ -3,7 +3,8 @@ accuracy...
 
 A kind is a dict {"kind": <one of KINDS>, ...details}; bounds carry "bound": True (and the
 IWAE bound its number of samples "k"), so that a reader never takes a bound for an exact
-value.
+value. Sample-quality scores (`sample_kind`) carry which way is better and the feature space
+they were computed in, so that scores on different feature networks are never compared.
 """
 
 from __future__ import annotations
@@ -17,10 +18,27 @@ KINDS = (
     "calibration",
     "loss",
     "count",
+    "frechet_distance",
+    "kernel_distance",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "ndb",
     "other",
 )
 BOUNDS = ("elbo", "iwae_bound", "vq_bound")
 STAGES = ("train", "val", "test")
+# which value of a sample-quality score is better ("near 1": density is ~1 for real data)
+BETTER = {
+    "frechet_distance": "lower",
+    "kernel_distance": "lower",
+    "precision": "higher",
+    "recall": "higher",
+    "density": "near 1",
+    "coverage": "higher",
+    "ndb": "lower",
+}
 
 # the default kind by the last part of a metric's name ("test/bpd" -> "bpd")
 BY_NAME = {
@@ -54,3 +72,12 @@ def metric_kind(metric: str) -> dict:
 def stage_kinds(names: dict[str, dict], stages: tuple[str, ...] = STAGES) -> dict[str, dict]:
     """{"<stage>/<name>": kind} for every stage: `stage_kinds({"bpd": kind("vq_bound")})`."""
     return {f"{stage}/{name}": value for stage in stages for name, value in names.items()}
+
+
+def sample_kind(name: str, features: str, **details) -> dict:
+    """The kind of a sample-quality score: `better` (lower / higher / near 1) and `features`,
+    the feature space ("pixels", or "<network>:<sha256 prefix of its weights file>");
+    `details` add to them or replace them (a spread: `better=None`)."""
+    if name not in BETTER:
+        raise ValueError(f"{name!r} is not a sample-quality kind; one of {tuple(BETTER)}")
+    return kind(name, **{"better": BETTER[name], "features": features, **details})
