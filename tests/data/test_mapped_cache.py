@@ -85,6 +85,27 @@ def test_damaged_files_are_rejected(tmp_path, damage):
         read_mapped(path)
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"x_dtype": "|O"},  # object: np.fromfile / memmap would read pointers
+        {"y_dtype": "|O"},
+        {"x_shape": [-4, 2]},
+        {"x_shape": [2.5, 2]},
+        {"x_shape": "10"},
+    ],
+)
+def test_a_crafted_header_is_rejected_before_any_mapping(tmp_path, header):
+    """The header is data from a file: a complete, well-sized file whose header names an
+    object dtype or a bad shape is refused."""
+    good = {"format": 2, "x_shape": [2, 2], "x_dtype": "|u1", "y_dtype": "<i8", "meta": {}}
+    head = json.dumps({**good, **header}, sort_keys=True).encode()
+    path = tmp_path / "c.mmap"
+    path.write_bytes(b"GMLABMM\0" + struct.pack("<Q", len(head)) + head + b"\0" * 8192)
+    with pytest.raises(CacheFileError):
+        read_mapped(path)
+
+
 def test_gather_rows_in_ascending_order_returns_the_rows_asked_for():
     x = torch.randn(50, 3, 2)
     rows = torch.tensor([7, 3, 49, 3, 0, 21, 7])  # repeats, as DDP's padding has

@@ -39,6 +39,17 @@ def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
+def _check_header(header: dict) -> None:
+    """A header from a file is data: numeric dtypes only (never `object`, which would read
+    pointers) and a shape of non-negative integers."""
+    shape = header["x_shape"]
+    if not (isinstance(shape, list) and shape and all(type(s) is int and s >= 0 for s in shape)):
+        raise CacheFileError(f"bad x_shape {shape!r}")
+    for key in ("x_dtype", "y_dtype"):
+        if not isinstance(header[key], str) or np.dtype(header[key]).kind not in "biuf":
+            raise CacheFileError(f"{key} {header[key]!r} is not a numeric dtype")
+
+
 def _layout(header: dict) -> tuple[int, int, int]:
     """(x offset, y offset, file size) of a file with this header."""
     n = header["x_shape"][0]
@@ -106,6 +117,7 @@ def read_header(path: Path) -> dict:
             header = json.loads(f.read(length))
             if header.get("format") != FORMAT:
                 raise CacheFileError(f"format {header.get('format')}, expected {FORMAT}")
+            _check_header(header)
             size = _layout(header)[2]
         except (ValueError, KeyError, TypeError) as exc:
             raise CacheFileError(f"bad header ({exc})") from exc
