@@ -94,7 +94,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, float]:
     if ckpt_path:
         check_compatible(model, ckpt_path)
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = scalar_metrics(trainer)
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
