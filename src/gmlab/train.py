@@ -16,12 +16,22 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from gmlab.callbacks.checkpoint import SaveOnSignal
 from gmlab.callbacks.run_record import RunHeartbeat
-from gmlab.utils.checkpoint import check_compatible
-from gmlab.utils.cli import cpu_float_mode, quiet_lightning, require_values, user_errors
+from gmlab.utils.checkpoint import check_compatible, read_checkpoint
+from gmlab.utils.cli import cpu_float_mode, gmlab_main, quiet_lightning, user_errors
 from gmlab.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from gmlab.utils.options import check_options
 from gmlab.utils.provenance import trainer_device
-from gmlab.utils.runs import PROJECT_ROOT, RunRecord, finish_run, plain_config, scalar_metrics
+from gmlab.utils.resume import check_resume_config, earlier_fit_metrics, set_aside
+from gmlab.utils.runs import (
+    PROJECT_ROOT,
+    RunRecord,
+    finish_run,
+    plain_config,
+    scalar_metrics,
+    write_json_atomic,
+)
 from gmlab.utils.sweep import run_recorded
 from gmlab.utils.trust import trusting
 
@@ -63,12 +73,18 @@ def build(cfg: DictConfig, record: RunRecord | None = None):
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     model.run_config = plain_config(cfg)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"), cfg.trainer)
+    callbacks = [*instantiate_callbacks(cfg.get("callbacks"), cfg.trainer), SaveOnSignal()]
     if record is not None:
         callbacks.append(RunHeartbeat(record))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """This run's checkpoint folder (`callbacks.model_checkpoint.dirpath`)."""
+    folder = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+    return Path(folder or Path(cfg.paths.output_dir) / "checkpoints")
 
 
 def resume_path(cfg: DictConfig) -> str | None:
@@ -77,26 +93,38 @@ def resume_path(cfg: DictConfig) -> str | None:
     path = cfg.get("ckpt_path")
     if path != "last":
         return str(Path(path).resolve()) if path else None
-    folder = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
-    last = Path(folder or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
+    last = checkpoint_dir(cfg) / "last.ckpt"
     return str(last.resolve()) if last.is_file() else None
 
 
 def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, float]:
     """Fit and/or test as the config says; returns the final scalar metrics. `record`: the
-    run's `run.json`, given the checkpoint, device and metric kinds."""
-    require_values(cfg)
+    run's `run.json`, given the checkpoint, device and metric kinds.
+
+    A fresh start in a used folder first sets the earlier attempt's files aside; a resume
+    must have the checkpoint's config up to `gmlab.utils.resume.RESUME_SAFE`. The fit's
+    metrics are written to metrics.json before testing, and a resume keeps them where it
+    trains no further (a run killed while testing, a finished run resumed)."""
+    check_options(cfg)
     ckpt_path = resume_path(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    if record is not None and ckpt_path is None:
+        earlier = ["metrics.json", "tensorboard", "images"]
+        set_aside(record, [checkpoint_dir(cfg), *(out_dir / name for name in earlier)])
     datamodule, model, trainer = build(cfg, record)
     if record is not None:
         kinds = model.metric_kinds() if hasattr(model, "metric_kinds") else {}
         record.update(ckpt_path=ckpt_path, device=trainer_device(trainer), metric_kinds=kinds)
     if ckpt_path:
         check_compatible(model, ckpt_path)
+        check_resume_config(ckpt_path, read_checkpoint(ckpt_path), model.run_config)
+    metrics = earlier_fit_metrics(out_dir) if ckpt_path else {}
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics = scalar_metrics(trainer)
+    metrics.update(scalar_metrics(trainer))
     if cfg.get("test", True):
+        if trainer.is_global_zero and metrics:
+            write_json_atomic(out_dir / "metrics.json", metrics)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         use_best = bool(best) and Path(best).is_file() and not trainer.fast_dev_run
         trainer.test(
@@ -107,7 +135,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
+@gmlab_main("train")
 def main(cfg: DictConfig) -> float | None:
     """The metric `optimized_metric` for sweepers; None for a failed job of a multirun."""
     with user_errors(), trusting(cfg.get("trusted_targets")):

@@ -3,26 +3,52 @@ record `run.json` (status, times, provenance; docs/sweeps.md lists the keys)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from gmlab.errors import GmlabError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 RUN_RECORD = "run.json"
+RESERVE_BYTES = 64 * 1024  # room kept for the final run.json when a disk fills up
+
+
+class DiskFullError(GmlabError, OSError):
+    """The disk (or quota) of a run folder is full."""
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file through `<path>.partial` beside it (same file system: never $TMPDIR),
+    fsync, then `os.replace`: a reader or a crash sees the old file or the new one, never a
+    half-written one. The partial file is removed on any failure; a full disk becomes
+    `DiskFullError` naming the file."""
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(partial, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException as exc:
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left on device while writing {path}") from exc
+        raise
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write `data` as JSON to `path` through a temporary file and `os.replace`, so a reader
-    (or a crash) never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Write `data` as JSON to `path` atomically (`write_atomic`)."""
+    text = json.dumps(data, indent=2, sort_keys=True).encode()
+    write_atomic(path, lambda handle: handle.write(text))
 
 
 def read_json(path: Path) -> dict | None:
@@ -40,16 +66,33 @@ def read_record(run_dir: Path) -> dict | None:
 
 
 class RunRecord:
-    """A run folder's `run.json`, rewritten atomically on every `update`."""
+    """A run folder's `run.json`, rewritten atomically on every `update`.
+
+    `keep_room` writes `run.json.reserve` (`RESERVE_BYTES`): when the disk fills up, an
+    update gives the reserve up and writes into its room, so that a run that fills the disk
+    still records its failure. `close` removes the reserve."""
 
     def __init__(self, run_dir: Path, data: dict) -> None:
         self.path = Path(run_dir) / RUN_RECORD
+        self.reserve = self.path.with_name(f"{RUN_RECORD}.reserve")
         self.data = data
 
     def update(self, **fields) -> None:
         self.data.update(fields)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.data)
+        try:
+            write_json_atomic(self.path, self.data)
+        except DiskFullError:
+            if not self.reserve.is_file():
+                raise
+            self.reserve.unlink()
+            write_json_atomic(self.path, self.data)
+
+    def keep_room(self) -> None:
+        write_atomic(self.reserve, lambda handle: handle.write(bytes(RESERVE_BYTES)))
+
+    def close(self) -> None:
+        self.reserve.unlink(missing_ok=True)
 
 
 def plain_config(cfg: DictConfig) -> dict:

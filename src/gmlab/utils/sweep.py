@@ -7,7 +7,9 @@ the same `hydra.sweep.dir` skips the jobs that finished and resumes the others f
 `checkpoints/last.ckpt`: jobs are matched by `job_key` (their overrides), and the
 `gmlab.job_subdir` resolver (conf/hydra/default.yaml) puts a job back into the folder of its
 earlier launch. `SweepSummary` (a Hydra callback) prints what the multirun did and makes its
-exit status non-zero when a job failed or did not finish.
+exit status non-zero when a job failed, did not finish, was interrupted or is held by
+another launch. Each launch has an id (`GMLAB_LAUNCH`, inherited by the job processes of
+any launcher), recorded in the run records, so that a summary counts its own jobs only.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import gc
 import hashlib
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,14 +30,47 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from gmlab.errors import GmlabError
 from gmlab.utils.cli import find_user_error
+from gmlab.utils.joblock import LOCK_FILE, JobLock, describe
 from gmlab.utils.metric_kinds import metric_kind
+from gmlab.utils.options import warn_divergence
 from gmlab.utils.provenance import device_info, git_info, iso_seconds, now_iso, versions
-from gmlab.utils.runs import PROJECT_ROOT, RUN_RECORD, RunRecord, read_json, read_record
+from gmlab.utils.runs import (
+    PROJECT_ROOT,
+    RUN_RECORD,
+    RunRecord,
+    read_json,
+    read_record,
+    write_json_atomic,
+)
+from gmlab.utils.signals import GUARD
 
 log = logging.getLogger(__name__)
 SCHEMA = 1
-ATTEMPT_KEYS = ("status", "start_time", "end_time", "wall_time_s", "ckpt_path", "heartbeat")
+ATTEMPT_KEYS = (
+    "status",
+    "signal",
+    "start_time",
+    "end_time",
+    "wall_time_s",
+    "ckpt_path",
+    "heartbeat",
+    "job_key",
+    "launch",
+    "set_aside",
+)
+LAUNCH_ENV = "GMLAB_LAUNCH"
+HELD_NOTE = ".held"  # <job folder>/.held.<launch>.json: skipped, another process holds it
+LIBRARY_LOGGERS = (
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "pytorch_lightning",
+    "lightning_fabric",
+)
+OUTCOMES = ("finished", "failed", "skipped", "unfinished", "interrupted")
+_ACTIVE_SUMMARY: SweepSummary | None = None  # the summary of a multirun run in this process
 
 
 def job_key(overrides: list[str], task: str = "train") -> str:
@@ -99,7 +136,8 @@ def _rank() -> int:
 
 
 def _job() -> dict | None:
-    """This Hydra job's output dir, overrides and multirun position; None outside Hydra."""
+    """This Hydra job's output dir, overrides, multirun position and launch; None outside
+    Hydra."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -113,20 +151,54 @@ def _job() -> dict | None:
         "multirun": multirun,
         "sweep_dir": str(Path(hc.sweep.dir).resolve()) if multirun else None,
         "job_num": int(hc.job.num) if multirun else None,
+        "launch": os.environ.get(LAUNCH_ENV) if multirun else None,
     }
 
 
+def route_library_logs() -> None:
+    """Let Lightning's messages reach the job's log file (`train.log`, `eval.log`).
+
+    Lightning, imported before Hydra configures logging (the entry points import it at the
+    top), gives its loggers a console handler of their own and stops them propagating to
+    the root logger, which holds Hydra's file handler: the log file stayed empty. Once the
+    root logger has handlers, this hands Lightning's records back to it."""
+    if not logging.getLogger().handlers:
+        return
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def _log_to_file(level: int, message: str, exc: BaseException | None = None) -> None:
+    """`message` (with `exc`'s traceback) into the job's log file only: the terminal shows
+    the CLI's own `error:` line or Hydra's traceback."""
+    info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    entry = log.makeRecord(log.name, level, __file__, 0, message, (), info)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(entry)
+
+
 def _attempt(record: dict) -> dict:
-    return {k: record.get(k) for k in ATTEMPT_KEYS}
+    attempt = {k: record.get(k) for k in ATTEMPT_KEYS}
+    if record.get("error"):
+        attempt["error"] = {k: record["error"].get(k) for k in ("type", "message")}
+    return attempt
 
 
 def _new_record(cfg: DictConfig, task: str, job: dict, key: str, earlier: dict | None) -> dict:
+    """A fresh record; `earlier` (the folder's record, of this job or another) becomes the
+    last entry of `attempts`."""
     trainer = cfg.get("trainer") or {}
     attempts = [*earlier.get("attempts", []), _attempt(earlier)] if earlier else []
     return {
         "schema": SCHEMA,
         "task": task,
         "status": "running",
+        "signal": None,
         "start_time": now_iso(),
         "end_time": None,
         "wall_time_s": None,
@@ -135,6 +207,7 @@ def _new_record(cfg: DictConfig, task: str, job: dict, key: str, earlier: dict |
         "job_key": key,
         "sweep_dir": job["sweep_dir"],
         "job_num": job["job_num"],
+        "launch": job["launch"],
         "git": git_info(PROJECT_ROOT),
         "versions": versions(),
         "device": device_info(str(trainer.get("accelerator", "cpu"))),
@@ -174,77 +247,152 @@ def run_recorded(cfg: DictConfig, task: str, work: Work) -> dict | None:
     `Exception`) is recorded and logged and returns None (Optuna marks the trial failed);
     a job whose folder holds a finished record of the same job is skipped (its metrics are
     returned); an unfinished one resumes with `ckpt_path=last` unless a `ckpt_path` was given.
+    The folder is held (`gmlab.utils.joblock`) for the whole job: a folder held by another
+    live process is skipped in a multirun and an error for a single run. A signal
+    (`gmlab.utils.signals`) is recorded as `interrupted` and ends the run, or the whole
+    launch of a multirun run in this process, with exit status 128 + its number.
     Outside Hydra `work(cfg, None)` runs unrecorded; so it does on the ranks > 0 of a
     distributed run, after the same skip / resume decision as rank 0.
     """
     job = _job()
     if job is None:
         return work(cfg, None)
+    route_library_logs()
     writes = _rank() == 0
+    lock = JobLock(job["out_dir"]) if writes else None
+    if lock is not None and not lock.acquire():
+        return _held_elsewhere(job, lock.holder)
+    try:
+        return _run_job(cfg, task, work, job, writes)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _held_elsewhere(job: dict, holder: dict | None) -> None:
+    out_dir, who = job["out_dir"], describe(holder)
+    if not job["multirun"]:
+        raise GmlabError(
+            f"run folder {out_dir} is in use by {who} (see its {LOCK_FILE}); wait for that "
+            "run to end, or give another hydra.run.dir."
+        )
+    log.warning("skipped: %s held by %s", out_dir, who)
+    if job["launch"]:
+        note = {"held_by": who, "time": now_iso()}
+        write_json_atomic(out_dir / f"{HELD_NOTE}.{job['launch']}.json", note)
+
+
+def _run_job(cfg: DictConfig, task: str, work: Work, job: dict, writes: bool) -> dict | None:
     out_dir = job["out_dir"]
     key = job_key(job["overrides"], task)
     earlier = read_record(out_dir)
-    earlier = earlier if earlier and earlier.get("job_key") == key else None
-    if job["multirun"] and earlier:
+    same_job = earlier if earlier and earlier.get("job_key") == key else None
+    if job["multirun"] and same_job:
         metrics = read_json(out_dir / "metrics.json")
-        if earlier.get("status") == "finished" and metrics is not None:
+        if same_job.get("status") == "finished" and metrics is not None:
             if writes:
                 skip = {"status": "skipped", "start_time": now_iso(), "end_time": now_iso()}
-                attempts = [*earlier.get("attempts", []), skip]
-                RunRecord(out_dir, earlier).update(attempts=attempts)
+                attempts = [*same_job.get("attempts", []), {**skip, "launch": job["launch"]}]
+                RunRecord(out_dir, same_job).update(attempts=attempts)
                 log.info("skipped: finished in an earlier launch (%s)", out_dir)
             return metrics
         if task == "train" and cfg.get("ckpt_path") is None:
             cfg.ckpt_path = "last"
-    if not writes:
-        return work(cfg, None)
-    record = RunRecord(out_dir, _new_record(cfg, task, job, key, earlier))
-    record.update()
+    record = RunRecord(out_dir, _new_record(cfg, task, job, key, earlier)) if writes else None
+    if record is not None:
+        record.update()
+    guarded = GUARD.install()
     started = time.time()
     try:
+        if record is not None:
+            record.keep_room()
         metrics = work(cfg, record)
-    except Exception as exc:
+    except BaseException as exc:
+        if guarded and GUARD.received is not None:
+            return _interrupted(record, job, GUARD.received, started)
+        if not isinstance(exc, Exception):
+            raise
+        _failed(record, job, exc, started)
+        if not job["multirun"]:
+            raise
+        metrics = None
+    finally:
+        GUARD.uninstall()
+    if metrics is None:  # outside the except block, so that the traceback's frames are free
+        _release_memory()
+        return None
+    if record is not None:
+        kinds = record.data.get("metric_kinds", {})
+        record.update(
+            status="finished",
+            end_time=now_iso(),
+            wall_time_s=time.time() - started,
+            metric_kinds={name: kinds.get(name) or metric_kind(name) for name in sorted(metrics)},
+            warnings=warn_divergence(metrics),
+        )
+        record.close()
+    return metrics
+
+
+def _failed(record: RunRecord | None, job: dict, exc: Exception, started: float) -> None:
+    """Record and log a failure."""
+    if record is not None:
         record.update(
             status="failed",
             end_time=now_iso(),
             wall_time_s=time.time() - started,
             error=_error(exc),
         )
-        if not job["multirun"]:
-            raise
-        user = find_user_error(exc)
-        if user is not None:
-            log.error("error: %s (job folder %s)", user, out_dir)
-        else:
-            log.error("job failed (folder %s)", out_dir, exc_info=exc)
-        metrics = None
-    if metrics is None:  # outside the except block, so that the traceback's frames are free
-        _release_memory()
-        return None
-    kinds = record.data.get("metric_kinds", {})
-    record.update(
-        status="finished",
-        end_time=now_iso(),
-        wall_time_s=time.time() - started,
-        metric_kinds={name: kinds.get(name) or metric_kind(name) for name in sorted(metrics)},
+        record.close()
+    user = find_user_error(exc)
+    if not job["multirun"]:
+        _log_to_file(logging.ERROR, f"error: {user}" if user else "failed", None if user else exc)
+    elif user is not None:
+        log.error("error: %s (job folder %s)", user, job["out_dir"])
+    else:
+        log.error("job failed (folder %s)", job["out_dir"], exc_info=exc)
+
+
+def _interrupted(record: RunRecord | None, job: dict, signum: int, started: float) -> None:
+    """Record a run ended by signal `signum`, hand the signal on to the handler it had
+    before (submitit's requeue), then exit with 128 + signum: the run, or the launch of a
+    multirun whose summary runs in this process (it prints first). A job of a launcher
+    that runs each job in a process of its own (submitit) returns None instead, so that
+    its launcher's summary reports it."""
+    name = signal.Signals(signum).name
+    if record is not None:
+        record.update(
+            status="interrupted",
+            signal=name,
+            end_time=now_iso(),
+            wall_time_s=time.time() - started,
+        )
+        record.close()
+    log.warning(
+        "interrupted by %s (run folder %s); the same command resumes it", name, job["out_dir"]
     )
-    return metrics
+    GUARD.pass_on()
+    if not job["multirun"]:
+        raise SystemExit(128 + signum)
+    if _ACTIVE_SUMMARY is not None:
+        _ACTIVE_SUMMARY.stop(name, 128 + signum)
 
 
-def launch_outcomes(sweep_dir: Path, since: float) -> dict[str, list[tuple[Path, dict]]]:
-    """The jobs of `sweep_dir` that started (or were skipped) at or after `since` (POSIX
-    seconds), by outcome: "finished", "failed", "skipped", "unfinished" (still running, or
-    killed)."""
-    outcomes: dict[str, list[tuple[Path, dict]]] = {
-        "finished": [],
-        "failed": [],
-        "skipped": [],
-        "unfinished": [],
-    }
+def launch_outcomes(
+    sweep_dir: Path, since: float, launch: str | None = None
+) -> dict[str, list[tuple[Path, dict]]]:
+    """The jobs of `sweep_dir` of one launch, by outcome: "finished", "failed", "skipped"
+    (finished earlier, or held by another process: `held_by`), "unfinished" (still running,
+    or killed), "interrupted" (by a signal). A record belongs to launch `launch` when it names
+    it; a record without one (an older gmlab) when it started at or after `since` (POSIX
+    seconds)."""
+    outcomes: dict[str, list[tuple[Path, dict]]] = {name: [] for name in OUTCOMES}
 
-    def since_launch(stamp) -> bool:
+    def ours(entry: dict) -> bool:
+        if launch and entry.get("launch"):
+            return entry["launch"] == launch
         try:
-            return iso_seconds(stamp) >= since
+            return iso_seconds(entry.get("start_time")) >= since
         except (TypeError, ValueError):
             return False
 
@@ -253,36 +401,65 @@ def launch_outcomes(sweep_dir: Path, since: float) -> dict[str, list[tuple[Path,
         if record is None:
             continue
         last = (record.get("attempts") or [{}])[-1]
-        if last.get("status") == "skipped" and since_launch(last.get("start_time")):
+        if last.get("status") == "skipped" and ours(last):
             outcomes["skipped"].append((path.parent, record))
-        elif since_launch(record.get("start_time")):
+        elif ours(record):
             status = record.get("status")
-            outcome = status if status in ("finished", "failed") else "unfinished"
+            outcome = status if status in ("finished", "failed", "interrupted") else "unfinished"
             outcomes[outcome].append((path.parent, record))
+    if launch:
+        for path in sorted(sweep_dir.rglob(f"{HELD_NOTE}.{launch}.json")):
+            outcomes["skipped"].append((path.parent, read_json(path) or {"held_by": "?"}))
     return outcomes
 
 
 class SweepSummary(Callback):
     """At the end of a multirun, print its jobs by outcome (from the `run.json` files in the
-    sweep dir, so that jobs run by any launcher count) and exit with status 1 if one failed
-    or did not finish."""
+    sweep dir, so that jobs run by any launcher count) and exit with status 1 if one failed,
+    did not finish, was interrupted or is held by another launch. A signal that ends a job of
+    a multirun run in this process (Hydra's basic launcher) ends the launch: the summary
+    prints, with the jobs that did not run, and the exit status is 128 + the signal's
+    number (`stop`)."""
 
     def __init__(self) -> None:
         self.started = time.time()
+        self.sweep_dir: Path | None = None
+        self.launch: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global _ACTIVE_SUMMARY
         self.started = time.time()
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.launch = uuid.uuid4().hex[:12]
+        os.environ[LAUNCH_ENV] = self.launch
+        _ACTIVE_SUMMARY = self
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        outcomes = launch_outcomes(sweep_dir, int(self.started))
+        global _ACTIVE_SUMMARY
+        _ACTIVE_SUMMARY = None
+        if self.report():
+            sys.exit(1)
+
+    def stop(self, signal_name: str, exit_code: int) -> None:
+        """End the launch after a job was interrupted by `signal_name`."""
+        self.report(interrupted=signal_name)
+        raise SystemExit(exit_code)
+
+    def report(self, interrupted: str | None = None) -> bool:
+        """Print the summary; True if anything of this launch is not done."""
+        outcomes = launch_outcomes(self.sweep_dir, int(self.started), self.launch)
         counts = ", ".join(f"{len(v)} {k}" for k, v in outcomes.items())
-        lines = [f"multirun {sweep_dir}: {counts}"]
+        lines = [f"multirun {self.sweep_dir}: {counts}"]
         for folder, record in outcomes["failed"]:
             error = record.get("error") or {}
             message = str(error.get("message", "")).strip().splitlines() or [""]
             lines.append(f"  failed: {folder}  {error.get('type', '')}: {message[0][:300]}")
         lines += [f"  did not finish: {folder}" for folder, _ in outcomes["unfinished"]]
+        for folder, record in outcomes["interrupted"]:
+            lines.append(f"  interrupted: {folder}  by {record.get('signal')}")
+        held = [(folder, note) for folder, note in outcomes["skipped"] if "held_by" in note]
+        lines += [f"  skipped: {folder}  held by {note['held_by']}" for folder, note in held]
+        if interrupted:
+            lines.append(f"  not run: the rest of this launch (interrupted by {interrupted})")
         print("\n".join(lines), flush=True)
-        if outcomes["failed"] or outcomes["unfinished"]:
-            sys.exit(1)
+        return bool(outcomes["failed"] or outcomes["unfinished"] or outcomes["interrupted"] or held)

@@ -1,0 +1,47 @@
+"""Test-only callbacks for signals and faults: a signal sent once at a given step, and
+steps slowed down so that a test can act while a run trains."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import lightning as L
+
+
+class SignalOnce(L.Callback):
+    """Send `signum` (a name, e.g. SIGUSR1) to this process at (epoch, batch) unless
+    `marker` exists; the marker is created first, so the same command runs through."""
+
+    def __init__(self, epoch: int, batch: int, marker: str, signum: str = "SIGTERM") -> None:
+        self.epoch, self.batch, self.marker = epoch, batch, Path(marker)
+        self.signum = signal.Signals[signum]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        at = (trainer.current_epoch, batch_idx) == (self.epoch, self.batch)
+        if at and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), self.signum)
+
+
+class SlowSteps(L.Callback):
+    """Sleep `seconds` after every training step."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        time.sleep(self.seconds)
+
+
+def signal_once(marker: Path, epoch: int, batch: int, signum: str) -> list[str]:
+    """Overrides that add `SignalOnce` to a run."""
+    return [
+        "+callbacks.signal._target_=support.faults.SignalOnce",
+        f"+callbacks.signal.epoch={epoch}",
+        f"+callbacks.signal.batch={batch}",
+        f"+callbacks.signal.marker={marker}",
+        f"+callbacks.signal.signum={signum}",
+    ]
