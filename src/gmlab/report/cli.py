@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from gmlab.errors import ConfigError
+from gmlab.errors import ConfigError, GmlabError
 from gmlab.report import curves, table
 from gmlab.report.grouping import group_runs
 from gmlab.report.runs import Run, find_runs, read_run
@@ -65,17 +65,23 @@ def report(paths: list[str], cfg: dict) -> tuple[list[table.Row], list[Run], Pat
         runs, list(cfg.get("ignore") or []), cfg.get("group_by"), lambda p: read_run(p, stale_s)
     )
     metrics = table.metric_names(groups, list(cfg.get("metrics") or ["test/*"]))
-    rows = table.sort_rows(table.summarize(groups, metrics), cfg.get("sort"))
+    rows = table.sort_rows(table.summarize(groups, metrics), cfg.get("sort"), metrics)
     first = Path(paths[0])
     out = (
         Path(cfg["out"])
         if cfg.get("out")
         else (first if first.is_dir() else first.parent) / "report"
     )
-    out.mkdir(parents=True, exist_ok=True)
-    pictures = curves.plot_curves([r.group for r in rows], list(cfg.get("curves") or []), out)
-    (out / "report.csv").write_text(table.to_csv(rows, metrics))
-    (out / "report.md").write_text(markdown_report(paths, rows, runs, metrics, pictures, out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        pictures = curves.plot_curves([r.group for r in rows], list(cfg.get("curves") or []), out)
+        (out / "report.csv").write_text(table.to_csv(rows, metrics))
+        (out / "report.md").write_text(markdown_report(paths, rows, runs, metrics, pictures, out))
+    except OSError as exc:
+        raise GmlabError(
+            f"cannot write the report into {out} ({exc.strerror or exc}): give a writable "
+            "folder with --out"
+        ) from exc
     return rows, runs, out, metrics
 
 
@@ -118,12 +124,17 @@ def runs_table(rows: list[table.Row], runs: list[Run]) -> str:
     ]
     for run in runs:
         wall = run.wall_time_s
-        note = run.problem.replace("|", "\\|").replace("\n", " ")
-        lines.append(
-            f"| {number.get(id(run), '–')} | {os.path.relpath(run.path, root.parent)} | "
-            f"{run.task} | {run.status} | {run.config.get('seed', '–')} | "
-            f"{table.wall_text(wall if wall is not None else float('nan'))} | {note} |"
-        )
+        cells = [
+            number.get(id(run), "–"),
+            os.path.relpath(run.path, root.parent),
+            run.task,
+            run.status,
+            run.config.get("seed", "–"),
+            table.wall_text(wall if wall is not None else float("nan")),
+            run.problem,
+        ]
+        text = (" ".join(str(c).split()).replace("|", "\\|") for c in cells)
+        lines.append("| " + " | ".join(text) + " |")
     return "\n".join(lines)
 
 
@@ -135,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         rows, runs, out, metrics = report(args.paths, settings(args))
         print(table.text(rows, metrics))
         for run in runs:
-            if run.status in ("unreadable", "failed", "stale"):
+            if run.status not in ("finished", "running", "skipped"):
                 print(f"{run.status}: {run.path}: {run.problem}", file=sys.stderr)
         print(f"\n{len(runs)} runs in {len(rows)} groups; wrote {out}/report.md, report.csv")
 

@@ -59,7 +59,7 @@ def csv_scalars(run: Run) -> dict[str, Series]:
                     for tag, value in line.items():
                         if tag != "epoch" and value not in ("", None):
                             series.setdefault(tag, {})[int(float(step))] = float(value)
-        except (OSError, ValueError, csv.Error):
+        except (OSError, ValueError, OverflowError, csv.Error):
             continue
     return {tag: sorted(points.items()) for tag, points in series.items()}
 

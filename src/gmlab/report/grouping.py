@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gmlab.report.names import unknown_name
 from gmlab.report.runs import Run
 
 
@@ -25,9 +26,22 @@ class Group:
     task: str = "train"
     model: str = ""
     data: str = ""
-    overrides: list[str] = field(default_factory=list)  # non-ignored, of the first run
+    overrides: list[str] = field(default_factory=list)  # non-ignored, shared by all its runs
     label: str = ""  # the overrides that set this group apart from the others
-    flat: dict = field(default_factory=dict)  # the base config, flattened, without ignored keys
+    flat: dict = field(default_factory=dict)  # config keys (not ignored) equal in all its runs
+
+    def add(self, run: Run, model: str, data: str, overrides: list[str], flat: dict) -> None:
+        """Add a run; keep only the model, data, overrides and config values that it shares
+        with the others (a model or data that differs reads "mixed")."""
+        if self.runs:
+            self.model = self.model if model == self.model else "mixed"
+            self.data = self.data if data == self.data else "mixed"
+            self.overrides = [o for o in self.overrides if o in overrides]
+            self.flat = {k: v for k, v in self.flat.items() if k in flat and flat[k] == v}
+        else:
+            self.model, self.data = model, data
+            self.overrides, self.flat = list(overrides), dict(flat)
+        self.runs.append(run)
 
 
 def flatten(tree, prefix: str = "") -> dict[str, object]:
@@ -44,6 +58,24 @@ def flatten(tree, prefix: str = "") -> dict[str, object]:
         else:
             flat[name] = value
     return flat
+
+
+def key_names(config: dict) -> set[str]:
+    """Every dotted key of a config and every prefix of one: what --group-by accepts."""
+    names = set()
+    for key in flatten(config):
+        parts = key.split(".")
+        names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return names
+
+
+def check_group_by(runs: list[Run], group_by: list[str]) -> None:
+    """A --group-by key that no run's config has is a ConfigError."""
+    known = set().union(*(key_names(run.config) for run in runs))
+    top = {name for name in known if "." not in name}
+    for name in group_by:
+        if name not in known:
+            raise unknown_name("--group-by", name, "is no key of the runs' configs", known, top)
 
 
 def is_ignored(key: str, patterns: list[str]) -> bool:
@@ -78,7 +110,8 @@ def _choice(run: Run, group: str) -> str:
     for override in run.overrides:
         if override_key(override) == group:
             return override.split("=", 1)[1]
-    target = (run.config.get(group) or {}).get("_target_") if run.config else None
+    node = run.config.get(group)
+    target = node.get("_target_") if isinstance(node, dict) else None
     return str(target).rsplit(".", 1)[-1] if target else ""
 
 
@@ -95,7 +128,9 @@ def training_run_of(ckpt: Path, by_path: dict[Path, Run], read) -> Run | None:
 
 def group_runs(runs: list[Run], ignore: list[str], group_by=None, read=None) -> list[Group]:
     """Groups in order of first appearance; unreadable runs without a config are left out
-    (the caller lists them)."""
+    (the caller lists them). A `group_by` key that no config has is a ConfigError."""
+    if group_by:
+        check_group_by(runs, group_by)
     by_path = {run.path: run for run in runs}
     groups: dict[str, Group] = {}
     for run in runs:
@@ -111,16 +146,13 @@ def group_runs(runs: list[Run], ignore: list[str], group_by=None, read=None) -> 
         key = config_key(base.config, overrides, ignore, group_by)
         if run.task == "eval":
             key = json.dumps(["eval", key, sorted(eval_overrides)])
-        if key not in groups:
-            groups[key] = Group(
-                key=key,
-                task=run.task,
-                model=_choice(base, "model"),
-                data=_choice(run, "data") or _choice(base, "data"),
-                overrides=overrides + [f"eval: {o}" for o in eval_overrides],
-                flat={k: v for k, v in flatten(base.config).items() if not is_ignored(k, ignore)},
-            )
-        groups[key].runs.append(run)
+        groups.setdefault(key, Group(key=key, task=run.task)).add(
+            run,
+            _choice(base, "model"),
+            _choice(run, "data") or _choice(base, "data"),
+            overrides + [f"eval: {o}" for o in eval_overrides],
+            {k: v for k, v in flatten(base.config).items() if not is_ignored(k, ignore)},
+        )
     result = list(groups.values())
     _label(result)
     return result

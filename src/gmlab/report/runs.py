@@ -1,10 +1,15 @@
 """Finding run folders and reading what each one recorded.
 
 A run folder holds any of `.hydra/config.yaml`, `run.json` or `metrics.json`. Its status
-comes from `run.json` (`finished` / `failed` / `running` / `skipped`); a folder without one
-is `finished` when it has `metrics.json`, else `running`. A `running` run whose newest file
-(or heartbeat) is older than the stale threshold was killed: `stale`. A file that cannot be
-parsed makes the run `unreadable`, with the reason.
+comes from `run.json` (`finished` / `failed` / `running` / `skipped`, or any other word,
+shown as it is); a folder without one is `finished` when it has `metrics.json`, else
+`running`. A `finished` record without `metrics.json` is `no metrics`. A `running` run whose
+newest file (or heartbeat) is older than the stale threshold was killed: `stale`. A file
+that cannot be parsed makes the run `unreadable`, with the reason.
+
+The files are only parsed, never executed: YAML with `yaml.safe_load` (no Python tags; no
+aliases, which could expand a small file into an exponential tree), JSON with `json.loads`,
+each at most `MAX_FILE_BYTES`; `_target_` keys and `${...}` interpolations stay plain strings.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import yaml
 from gmlab.errors import GmlabError
 
 RUN_MARKERS = (".hydra/config.yaml", "run.json", "metrics.json")
+MAX_FILE_BYTES = 8 * 2**20  # run files are kilobytes; a bigger one is not a run record
+KNOWN_STATUSES = ("finished", "failed", "running", "skipped")
 SKIP_DIRS = {"checkpoints", "tensorboard", "csv", "images", ".hydra", "report", "__pycache__"}
 
 
@@ -41,7 +48,10 @@ class Run:
 
     @property
     def task(self) -> str:
-        return self.record.get("task") or self.config.get("task_name") or "train"
+        for task in (self.record.get("task"), self.config.get("task_name")):
+            if isinstance(task, str) and task:
+                return task
+        return "train"
 
     @property
     def metric_kinds(self) -> dict:
@@ -119,7 +129,14 @@ def read_run(path: Path, stale_after_s: float, now: float | None = None) -> Run:
             continue
         try:
             reader(run, file)
-        except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
+        except (
+            OSError,
+            ValueError,
+            TypeError,
+            OverflowError,
+            RecursionError,
+            yaml.YAMLError,
+        ) as exc:
             problems.append(f"{name}: {_short(exc)}")
     if problems:
         run.status, run.problem = "unreadable", "; ".join(problems)
@@ -133,15 +150,37 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` without aliases (`*name`): Hydra never writes them, and nested
+    aliases make a small file stand for an exponentially large tree."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise ValueError("YAML aliases (*name) are not accepted in run files")
+        return super().compose_node(parent, index)
+
+
+def _read_text(file: Path) -> str:
+    size = file.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{size} bytes, more than the {MAX_FILE_BYTES} a run file may have")
+    return file.read_text()
+
+
 def _read_yaml(file: Path):
-    return yaml.safe_load(file.read_text())
+    return yaml.load(_read_text(file), Loader=_NoAliasLoader)
+
+
+def _mapping(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is not a mapping")
+    return value
 
 
 def _read_config(run: Run, file: Path) -> None:
-    config = _read_yaml(file)
-    if not isinstance(config, dict):
-        raise ValueError("not a mapping")
-    run.config = config
+    config = _mapping(_read_yaml(file), "the file")
+    # plain JSON values with string keys (dates, numeric keys), so grouping can sort them
+    run.config = json.loads(json.dumps(config, default=str))
 
 
 def _read_overrides(run: Run, file: Path) -> None:
@@ -152,24 +191,28 @@ def _read_overrides(run: Run, file: Path) -> None:
 
 
 def _read_hydra(run: Run, file: Path) -> None:
-    runtime = ((_read_yaml(file) or {}).get("hydra") or {}).get("runtime") or {}
-    run.choices = {k: v for k, v in (runtime.get("choices") or {}).items() if v is not None}
-    run.hydra_cwd = runtime.get("cwd")
+    hydra = _mapping(_mapping(_read_yaml(file) or {}, "the file").get("hydra") or {}, "hydra")
+    runtime = _mapping(hydra.get("runtime") or {}, "hydra.runtime")
+    choices = _mapping(runtime.get("choices") or {}, "hydra.runtime.choices")
+    run.choices = {str(k): str(v) for k, v in choices.items() if v is not None}
+    cwd = runtime.get("cwd")
+    if cwd is not None and not isinstance(cwd, str):
+        raise ValueError("hydra.runtime.cwd is not a string")
+    run.hydra_cwd = cwd
 
 
 def _read_record(run: Run, file: Path) -> None:
-    record = json.loads(file.read_text())
-    if not isinstance(record, dict):
-        raise ValueError("not a JSON object")
+    record = _mapping(json.loads(_read_text(file)), "the file")
+    status = record.get("status")
+    if status is not None and not (isinstance(status, str) and status.strip()):
+        raise ValueError(f"status is not a word: {str(status)[:40]!r}")
     run.record = record
     if isinstance(record.get("overrides"), list):
         run.overrides = [str(o) for o in record["overrides"]]
 
 
 def _read_metrics(run: Run, file: Path) -> None:
-    metrics = json.loads(file.read_text())
-    if not isinstance(metrics, dict):
-        raise ValueError("not a JSON object")
+    metrics = _mapping(json.loads(_read_text(file)), "the file")
     run.metrics = {str(k): float(v) for k, v in metrics.items()}
 
 
@@ -180,9 +223,16 @@ def _status(run: Run, stale_after_s: float, now: float) -> str:
         if isinstance(error, dict) and error:
             message = " ".join(str(error.get("message", "")).split())[:300]
             run.problem = f"{error.get('type', 'error')}: {message}"
+    has_metrics = (run.path / "metrics.json").is_file()
+    if status == "finished" and not has_metrics:
+        run.problem = "run.json says finished, but the folder has no metrics.json"
+        return "no metrics"
     if status in ("finished", "failed", "skipped"):
         return status
-    if status is None and (run.path / "metrics.json").is_file():
+    if status is not None and status not in KNOWN_STATUSES:
+        run.problem = "a status gmlab-report does not know, shown as it is"
+        return " ".join(status.split())[:40]
+    if status is None and has_metrics:
         return "finished"
     last = max(_newest_mtime(run.path), _iso_seconds(run.record.get("heartbeat")) or 0.0)
     if now - last > stale_after_s:

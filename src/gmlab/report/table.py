@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gmlab.report.grouping import Group
+from gmlab.report.names import unknown_name
 
-STATUS_ORDER = ("finished", "running", "stale", "failed", "skipped", "unreadable")
+STATUS_ORDER = ("finished", "no metrics", "running", "stale", "failed", "skipped", "unreadable")
+SORT_COLUMNS = ("model", "data", "overrides", "wall_time", "status")
 KIND_NAMES = {"elbo": "ELBO bound", "iwae_bound": "IWAE bound", "vq_bound": "VQ bound"}
 
 
@@ -63,13 +65,15 @@ class Row:
 
 
 def status_text(counts: dict[str, int]) -> str:
-    """{"finished": 2, "failed": 1} -> "2 finished, 1 failed"."""
-    return ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if s in counts)
+    """{"finished": 2, "failed": 1} -> "2 finished, 1 failed"; statuses not in
+    STATUS_ORDER (a run.json's own word) follow, by name."""
+    order = [s for s in STATUS_ORDER if s in counts] + sorted(set(counts) - set(STATUS_ORDER))
+    return ", ".join(f"{counts[s]} {s}" for s in order)
 
 
 def kind_text(kind) -> str:
     """{"kind": "iwae_bound", "k": 1000, "bound": true} -> "IWAE bound k=1000"."""
-    if not isinstance(kind, dict) or not kind.get("kind"):
+    if not isinstance(kind, dict) or not isinstance(kind.get("kind"), str) or not kind["kind"]:
         return "kind ?"
     text = KIND_NAMES.get(kind["kind"], str(kind["kind"]))
     if kind.get("k") is not None:
@@ -80,13 +84,20 @@ def kind_text(kind) -> str:
 
 
 def metric_names(groups: list[Group], patterns: list[str]) -> list[str]:
-    """Metrics of the finished runs that match `patterns`, in pattern order, then by name."""
+    """Metrics of the finished runs that match `patterns`, in pattern order, then by name.
+    A pattern that matches none of them is a ConfigError (when any finished run recorded
+    metrics: before that, there is nothing to choose from)."""
     present = sorted(
         {m for g in groups for r in g.runs if r.status == "finished" for m in r.metrics}
     )
     names: list[str] = []
     for pattern in patterns:
-        names += [m for m in present if fnmatch.fnmatchcase(m, pattern) and m not in names]
+        matched = [m for m in present if fnmatch.fnmatchcase(m, pattern)]
+        if present and not matched:
+            raise unknown_name(
+                "--metrics", pattern, "matches no metric of the finished runs", present
+            )
+        names += [m for m in matched if m not in names]
     return names
 
 
@@ -118,22 +129,29 @@ def summarize(groups: list[Group], metrics: list[str]) -> list[Row]:
     return rows
 
 
-def sort_rows(rows: list[Row], key: str | None) -> list[Row]:
-    """By a metric's mean or by a column (model, data, overrides, wall_time, status);
-    a leading "-" sorts descending. Missing values go last either way."""
+def sort_rows(rows: list[Row], key: str | None, metrics: list[str]) -> list[Row]:
+    """By a metric's mean (one of the table's `metrics`) or by a column (SORT_COLUMNS);
+    a leading "-" sorts descending. Missing values go last either way. Another name is a
+    ConfigError."""
     if not key:
         return rows
     reverse = key.startswith("-")
     name = key.lstrip("-")
+    if name not in metrics and name not in SORT_COLUMNS:
+        raise unknown_name(
+            "--sort",
+            name,
+            "is not a column of the table (a metric must be in --metrics)",
+            [*metrics, *SORT_COLUMNS],
+        )
 
     def value(row: Row):
         if name in row.cells:
             return row.cells[name].mean
         if name == "wall_time":
             return row.wall_time_s
-        return {"model": row.group.model, "data": row.group.data, "status": row.status}.get(
-            name, row.group.label
-        )
+        columns = {"model": row.group.model, "data": row.group.data, "status": row.status}
+        return columns.get(name, row.group.label)
 
     present = [r for r in rows if not _missing(value(r))]
     missing = [r for r in rows if _missing(value(r))]
