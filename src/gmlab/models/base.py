@@ -8,6 +8,7 @@ See docs/architecture.md.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 from collections.abc import Iterable, Mapping
@@ -121,8 +122,9 @@ def check_batch_shape(model: L.LightningModule, x: torch.Tensor, shape: tuple[in
         )
 
 
-class GmlabModule(L.LightningModule):
-    """Shared behaviour of all gmlab LightningModules.
+class GmlabModule(L.LightningModule, abc.ABC):
+    """Shared behaviour of all gmlab LightningModules. Abstract: a model implements
+    `training_step` (a class without it cannot be instantiated).
 
     Class attributes `monitor` / `monitor_mode` name the metric that picks the best
     checkpoint (`gmlab.callbacks.Checkpoint` reads them).
@@ -144,6 +146,11 @@ class GmlabModule(L.LightningModule):
         """Hyperparameters saved by this class at `checkpoint_version` `version` (0: before
         versions were recorded) -> the current constructor's. Default: unchanged."""
         return hparams
+
+    @abc.abstractmethod
+    def training_step(self, batch, batch_idx: int):
+        """One training step: the loss to minimise (automatic optimization), or None after
+        stepping the model itself (EM)."""
 
     def optimizer_parameters(self) -> Iterable:
         """What the optimizer updates: parameters or param-group dicts (default: all)."""
@@ -245,6 +252,9 @@ class GmlabModule(L.LightningModule):
 class GenerativeModel(GmlabModule):
     """A density model over raw data batches of shape [B, *data_shape].
 
+    Abstract: a density model implements `log_likelihood`, `sample` and `training_step`;
+    `reconstruct` where it has an encoder (docs/architecture.md, "Adding a model family").
+
     Args:
         data_shape: shape of one sample, e.g. (1, 28, 28) or (2,).
         preprocess: keyword arguments of `gmlab.data.Preprocessor`.
@@ -265,13 +275,13 @@ class GenerativeModel(GmlabModule):
     def is_image(self) -> bool:
         return len(self.data_shape) == 3
 
+    @abc.abstractmethod
     def log_likelihood(self, x_raw: torch.Tensor) -> torch.Tensor:
         """[B] log p(y) in nats (unit-cube density of the dequantized batch, or log-pmf)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def sample(self, n: int) -> torch.Tensor:
         """[n, *data_shape] samples in the dataset's pixel range."""
-        raise NotImplementedError
 
     def reconstruct(self, x_raw: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, *data_shape] reconstructions in pixel range (mask: True = observed)."""
