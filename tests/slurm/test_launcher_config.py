@@ -34,6 +34,7 @@ def sbatch_lines(tmp_path, overrides: list[str]) -> set[str]:
         mem=None if p["mem_gb"] is None else f"{p['mem_gb']}GB",
         signal_delay_s=p["signal_delay_s"],
         partition=p["partition"],
+        additional_parameters=p["additional_parameters"],
     )
     return {line for line in script.splitlines() if line.startswith("#SBATCH")}
 
@@ -43,6 +44,7 @@ def test_cpu_trainer_requests_no_gpu_and_small_defaults(tmp_path):
     assert not any("gpu" in line or "gres" in line for line in lines)
     assert {"#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=1"} <= lines
     assert {"#SBATCH --mem=4GB", "#SBATCH --time=1440", "#SBATCH --signal=USR2@120"} <= lines
+    assert "#SBATCH --requeue" in lines
 
 
 def test_ddp_cpu_runs_one_task_per_process_without_gpus(tmp_path):
