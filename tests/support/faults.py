@@ -45,3 +45,25 @@ def signal_once(marker: Path, epoch: int, batch: int, signum: str) -> list[str]:
         f"+callbacks.signal.marker={marker}",
         f"+callbacks.signal.signum={signum}",
     ]
+
+
+class FillDisk(L.Callback):
+    """When training starts, fill the file system of `path` by writing `path` until the
+    disk is full (the run's record and its reserve are written by then)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_start(self, trainer, pl_module):
+        chunk = bytes(64 * 1024)
+        with open(self.path, "wb", buffering=0) as handle:
+            try:
+                while True:
+                    handle.write(chunk)
+            except OSError:
+                pass
+            try:
+                while True:
+                    handle.write(b"0")
+            except OSError:
+                pass

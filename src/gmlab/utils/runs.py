@@ -14,6 +14,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from gmlab.errors import GmlabError
+from gmlab.utils.trackers import WandbRunLogger
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 RUN_RECORD = "run.json"
@@ -68,9 +69,9 @@ def read_record(run_dir: Path) -> dict | None:
 class RunRecord:
     """A run folder's `run.json`, rewritten atomically on every `update`.
 
-    `keep_room` writes `run.json.reserve` (`RESERVE_BYTES`): when the disk fills up, an
-    update gives the reserve up and writes into its room, so that a run that fills the disk
-    still records its failure. `close` removes the reserve."""
+    `keep_room` writes `run.json.reserve` (`RESERVE_BYTES`) at the start of a run; `finish`,
+    the final update, gives the reserve up when the disk is full and writes into its room,
+    so that a run that fills the disk still records how it ended."""
 
     def __init__(self, run_dir: Path, data: dict) -> None:
         self.path = Path(run_dir) / RUN_RECORD
@@ -80,18 +81,20 @@ class RunRecord:
     def update(self, **fields) -> None:
         self.data.update(fields)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            write_json_atomic(self.path, self.data)
-        except DiskFullError:
-            if not self.reserve.is_file():
-                raise
-            self.reserve.unlink()
-            write_json_atomic(self.path, self.data)
+        write_json_atomic(self.path, self.data)
 
     def keep_room(self) -> None:
         write_atomic(self.reserve, lambda handle: handle.write(bytes(RESERVE_BYTES)))
 
-    def close(self) -> None:
+    def finish(self, **fields) -> None:
+        """The last update of a run (its end status); removes the reserve."""
+        try:
+            self.update(**fields)
+        except DiskFullError:
+            if not self.reserve.is_file():
+                raise
+            self.reserve.unlink()
+            self.update()
         self.reserve.unlink(missing_ok=True)
 
 
@@ -124,7 +127,7 @@ def finish_run(
     trainer: L.Trainer, cfg_dict: dict, metrics: dict[str, float], out_dir: Path
 ) -> None:
     """Write metrics.json and the run's hyperparameters (an HParams session in TensorBoard,
-    beside the metrics' own scalars)."""
+    beside the metrics' own scalars; MLflow params, W&B config), then end a W&B run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         write_json_atomic(out_dir / "metrics.json", metrics)
@@ -134,7 +137,11 @@ def finish_run(
     for logger in trainer.loggers:
         if _is_tensorboard(logger) and trainer.is_global_zero:
             log_hparams_session(logger, hparams)
+        elif _is_tracker(logger):
+            logger.log_hyperparams(hparams)  # rank zero only
         logger.save()
+        if isinstance(logger, WandbRunLogger):
+            logger.end_run()
 
 
 def log_hparams_session(logger, hparams: dict[str, object]) -> None:
@@ -150,6 +157,12 @@ def log_hparams_session(logger, hparams: dict[str, object]) -> None:
     writer = logger.experiment._get_file_writer()
     writer.add_summary(start)
     writer.add_summary(end)
+
+
+def _is_tracker(logger) -> bool:
+    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+    return isinstance(logger, (MLFlowLogger, WandbLogger))
 
 
 def _is_tensorboard(logger) -> bool:

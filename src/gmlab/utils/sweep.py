@@ -323,27 +323,25 @@ def _run_job(cfg: DictConfig, task: str, work: Work, job: dict, writes: bool) ->
         return None
     if record is not None:
         kinds = record.data.get("metric_kinds", {})
-        record.update(
+        record.finish(
             status="finished",
             end_time=now_iso(),
             wall_time_s=time.time() - started,
             metric_kinds={name: kinds.get(name) or metric_kind(name) for name in sorted(metrics)},
             warnings=warn_divergence(metrics),
         )
-        record.close()
     return metrics
 
 
 def _failed(record: RunRecord | None, job: dict, exc: Exception, started: float) -> None:
     """Record and log a failure."""
     if record is not None:
-        record.update(
+        record.finish(
             status="failed",
             end_time=now_iso(),
             wall_time_s=time.time() - started,
             error=_error(exc),
         )
-        record.close()
     user = find_user_error(exc)
     if not job["multirun"]:
         _log_to_file(logging.ERROR, f"error: {user}" if user else "failed", None if user else exc)
@@ -361,13 +359,12 @@ def _interrupted(record: RunRecord | None, job: dict, signum: int, started: floa
     its launcher's summary reports it."""
     name = signal.Signals(signum).name
     if record is not None:
-        record.update(
+        record.finish(
             status="interrupted",
             signal=name,
             end_time=now_iso(),
             wall_time_s=time.time() - started,
         )
-        record.close()
     log.warning(
         "interrupted by %s (run folder %s); the same command resumes it", name, job["out_dir"]
     )
