@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from gmlab.callbacks import EpochSeed
 from gmlab.errors import GmlabError
 from gmlab.utils.checkpoint import load_model, read_checkpoint
-from gmlab.utils.cli import cpu_float_mode, quiet_lightning, require_values, user_errors
+from gmlab.utils.cli import cpu_float_mode, gmlab_main, quiet_lightning, user_errors
 from gmlab.utils.instantiate import instantiate_loggers
+from gmlab.utils.options import check_options
 from gmlab.utils.provenance import trainer_device
 from gmlab.utils.runs import PROJECT_ROOT, RunRecord, finish_run, plain_config, scalar_metrics
 from gmlab.utils.sweep import run_recorded
@@ -73,7 +74,7 @@ def ndb_metrics(model, datamodule, cfg: DictConfig) -> dict[str, float]:
 def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, float]:
     """Test the checkpoint `ckpt_path`; returns the metrics. `record`: the run's `run.json`,
     given the checkpoint, device and metric kinds."""
-    require_values(cfg)
+    check_options(cfg)
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     checkpoint = read_checkpoint(cfg.ckpt_path)
@@ -110,7 +111,7 @@ def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, floa
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="eval")
+@gmlab_main("eval")
 def main(cfg: DictConfig) -> None:
     with user_errors(), trusting(cfg.get("trusted_targets")):
         cpu_float_mode(cfg)

@@ -82,14 +82,19 @@ def check_precision(trainer: L.Trainer) -> None:
         )
 
 
-def check_fused_clipping(optimizer: Mapping | None, trainer: L.Trainer) -> None:
+def check_fused_clipping(
+    optimizer: Mapping | None, trainer: L.Trainer, clip: tuple[str, float | None] | None = None
+) -> None:
     """ConfigError for a fused optimizer with gradient clipping under mixed precision: the
-    fused kernel unscales gradients inside its step, after Lightning would clip them."""
+    fused kernel unscales gradients inside its step, after Lightning would clip them.
+    `clip`: (option, value) of the clipping in force; default the trainer's
+    `gradient_clip_val` (a model that clips by itself, RealNVP, passes its own)."""
+    option, value = clip or ("trainer.gradient_clip_val", trainer.gradient_clip_val)
     mixed = "mixed" in str(trainer.precision)
-    if optimizer and optimizer.get("fused") and trainer.gradient_clip_val and mixed:
+    if optimizer and optimizer.get("fused") and value and mixed:
         raise ConfigError(
-            f"trainer.gradient_clip_val={trainer.gradient_clip_val} under trainer.precision="
-            f"{trainer.precision} needs an unfused optimizer: set model.optimizer.fused=false"
+            f"{option}={value} under trainer.precision={trainer.precision} needs an unfused "
+            f"optimizer: set model.optimizer.fused=false (or {option}=null: no clipping)"
         )
 
 

@@ -197,8 +197,12 @@ class MFABase(GenerativeModel):
         hp = self.hparams
         fn = init_kmeans if hp.init == "kmeans" else init_rnd_samples
         kwargs = {"n_iter": hp.kmeans_iters} if hp.init == "kmeans" else {}
-        if x.shape[0] < hp.n_components and hp.init == "kmeans":
-            fn, kwargs = init_rnd_samples, {}  # k-means needs K <= N
+        if x.shape[0] < hp.n_components:
+            raise ConfigError(
+                f"model.n_components={hp.n_components} is more than the {x.shape[0]} training "
+                f"points the mixture is initialised from (at most model.init_samples="
+                f"{hp.init_samples}): use at most {x.shape[0]} components, or more data"
+            )
         params = fn(x, hp.n_components, hp.n_factors, hp.noise_floor, seed=hp.seed, **kwargs)
         self.mixture.set_params(**params)
         self.initialized.fill_(True)

@@ -10,7 +10,12 @@ import torch
 
 from gmlab.distributions.normal import std_normal_log_prob_flat
 from gmlab.errors import ConfigError, ShapeError
-from gmlab.models.base import GenerativeModel, flat_optimizer_hparams, image_grid
+from gmlab.models.base import (
+    GenerativeModel,
+    check_fused_clipping,
+    flat_optimizer_hparams,
+    image_grid,
+)
 from gmlab.models.parts import build_part
 from gmlab.nn.flows import (
     recalibrate_batch_norm,
@@ -49,7 +54,8 @@ class RealNVP(GenerativeModel):
         optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`).
         weight_decay: L2 penalty on the weight-norm scales g (the paper's regularizer; the
             other parameters get none).
-        max_grad_norm: clip the global gradient norm to this (null: no clipping).
+        max_grad_norm: clip the global gradient norm to this (null: no clipping, or the
+            trainer's `gradient_clip_val`; the two together are refused).
         amp: "auto" (bf16 autocast of the s/t nets on CUDA, float32 elsewhere), "bf16"
             (also on CPU) or "none". Log-dets always accumulate in float32.
         compile: `torch.compile` the flow's normalizing direction (training and density
@@ -195,9 +201,27 @@ class RealNVP(GenerativeModel):
         torch's parametrization did; rename them (same tensors, same optimizer order)."""
         rename_legacy_weight_norm_keys(checkpoint["state_dict"])
 
+    def setup(self, stage: str) -> None:
+        """The trainer checks (`GmlabModule.setup`), with `max_grad_norm` as the run's one
+        clipping setting: refused beside `trainer.gradient_clip_val`, and seen by the
+        fused-optimizer check under mixed precision."""
+        super().setup(stage)
+        clip = self.hparams.max_grad_norm
+        if self._trainer is None or not clip:
+            return
+        if self.trainer.gradient_clip_val:
+            raise ConfigError(
+                f"model.max_grad_norm={clip} and trainer.gradient_clip_val="
+                f"{self.trainer.gradient_clip_val} both clip RealNVP's gradients: set one "
+                "(model.max_grad_norm=null leaves clipping to the trainer)"
+            )
+        clip_setting = ("model.max_grad_norm", clip)
+        check_fused_clipping(self.hparams.get("optimizer"), self.trainer, clip_setting)
+
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
+        """Clip the global gradient norm to `max_grad_norm` (else as the trainer says)."""
         if self.hparams.max_grad_norm:
             gradient_clip_val, gradient_clip_algorithm = self.hparams.max_grad_norm, "norm"
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from numbers import Integral
 
 import torch
 
@@ -101,6 +102,8 @@ class VAE(GenerativeModel):
         }
         prior = prior or {"_target_": "gmlab.distributions.priors.NormalPrior"}
         optimizer = optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-3}
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, Integral) or latent_dim < 1:
+            raise ConfigError(f"model.latent_dim must be a positive integer, got {latent_dim!r}")
         self.save_hyperparameters()
         self.latent_dim = int(latent_dim)
         self.eval_cfg = {"iwae_k": 1000, "iwae_batch": 8192, "val_iwae_k": 0, **(eval or {})}
