@@ -1,5 +1,5 @@
-"""Image grids and histograms in TensorBoard (grids also as PNG files), driven by the model
-protocol: no model writes a picture itself."""
+"""Image grids and histograms in TensorBoard (grids also in MLflow and W&B, and as PNG
+files), driven by the model protocol: no model writes a picture itself."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ from pathlib import Path
 import lightning as L
 import torch
 import torchvision
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
 
 class ImageGrids(L.Callback):
     """The model's `figures(x_raw)` and `histograms(x_raw)` (see `gmlab.models.base`).
 
     Validation, every `every_n_epochs` epochs and at the last: `figures` of the first
-    validation batch (at most `max_batch` samples) go to TensorBoard as `images/<name>` and,
-    with `save_png`, to `<run dir>/images/<name>/epoch_<NNN>.png`; the values `histograms`
-    returns for every validation batch of that epoch are joined and logged as the
-    histogram `val/<name>`. Testing (`on_test`): the same from the test set, as
-    `test/<name>` and `<run dir>/images/test/<name>.png`. Only rank zero logs (its own
-    batches).
+    validation batch (at most `max_batch` samples) go to the loggers as `images/<name>`
+    (`log_image`) and, with `save_png`, to `<run dir>/images/<name>/epoch_<NNN>.png`; the
+    values `histograms` returns for every validation batch of that epoch are joined and
+    logged as the TensorBoard histogram `val/<name>`. Testing (`on_test`): the same from
+    the test set, as `test/<name>` and `<run dir>/images/test/<name>.png`. Only rank zero
+    logs (its own batches).
 
     `figures` returns {name: [C, H, W] float image in [0, 1]}; `histograms` returns
     {name: tensor of values} per batch.
@@ -116,8 +116,7 @@ class ImageGrids(L.Callback):
         for name, image in figures.items():
             image = enlarge(image.detach().float().cpu().clamp(0, 1))
             for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_image(f"{prefix}/{name}", image, global_step=step)
+                log_image(logger, f"{prefix}/{name}", image, step)
             if self.save_png:
                 if prefix == "images":
                     path = images / name / f"epoch_{step:03d}.png"
@@ -125,6 +124,20 @@ class ImageGrids(L.Callback):
                     path = images / prefix / f"{name}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torchvision.utils.save_image(image, path)
+
+
+def log_image(logger, tag: str, image: torch.Tensor, step: int) -> None:
+    """Write a [C, H, W] image in [0, 1] to `logger`: TensorBoard and MLflow at `step`
+    (MLflow: an image artifact per step under `tag`), W&B at its current step (it keeps
+    one step axis for all values); a logger without images (CSV) is left alone."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(tag, image, global_step=step)
+    elif isinstance(logger, (MLFlowLogger, WandbLogger)):
+        pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=tag, images=[pixels])
+        else:
+            logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
 
 
 def enlarge(image: torch.Tensor, min_side: int = 256, max_factor: int = 8) -> torch.Tensor:

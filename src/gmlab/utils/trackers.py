@@ -1,0 +1,43 @@
+"""Experiment trackers beside TensorBoard and CSV (`logger=mlflow`, `logger=wandb`, the
+`loggers` extra): Lightning's loggers, kept local by their configs, with one tracker run
+per gmlab run. docs/loggers.md."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+
+class LocalMLFlowLogger(MLFlowLogger):
+    """Lightning's `MLFlowLogger` that may write a file store (`tracking_uri: file:<dir>`).
+
+    MLflow >= 3 keeps its file store in maintenance mode and refuses it unless
+    `MLFLOW_ALLOW_FILE_STORE` is set; for a `file:` URI (or a plain path) it is set here
+    to true unless the environment already says otherwise. Other URIs (`sqlite:///...`,
+    a server) are passed on unchanged."""
+
+    def __init__(self, *args, tracking_uri: str | None = None, **kwargs):
+        if tracking_uri is None or urlparse(str(tracking_uri)).scheme in ("", "file"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        super().__init__(*args, tracking_uri=tracking_uri, **kwargs)
+
+
+class WandbRunLogger(WandbLogger):
+    """Lightning's `WandbLogger` whose W&B run ends with the gmlab run: `end_run` at the
+    end of a run (`gmlab.utils.runs.finish_run`), exit code 1 when Lightning stops on an
+    exception or a signal. Lightning's logger leaves the run open, and the next job of a
+    multirun in the same process would log into it."""
+
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if status != "success":  # "failed": an exception; "finished": SIGTERM
+            self.end_run(exit_code=1)
+
+    def end_run(self, exit_code: int = 0) -> None:
+        """Finish the W&B run this logger started (files flushed, `wandb.run` cleared);
+        nothing on ranks > 0 or when no run was started."""
+        run, self._experiment = self._experiment, None
+        if run is not None:
+            run.finish(exit_code=exit_code)
