@@ -13,10 +13,11 @@ import lightning as L
 
 
 class PacedSteps(L.Callback):
-    """Sleep `seconds` after every training step (a run long enough to meet a time limit or
-    a signal, with the numbers it has without the sleep) and append to `path` one line per
-    event of this process: `<pid> start <global_step>` when training starts (the step it
-    resumed at) and `<pid> step <global_step>` after each step."""
+    """Sleep `seconds` after every training step of a run that started at step 0 (a first
+    attempt long enough to meet a time limit or a signal, with the numbers it has without
+    the sleep; a resumed attempt runs at full speed) and append to `path` one line per event
+    of this process: `<pid> start <global_step>` when training starts (the step it resumed
+    at) and `<pid> step <global_step>` after each step."""
 
     def __init__(self, path: str, seconds: float) -> None:
         self.path, self.seconds = Path(path), float(seconds)
@@ -27,6 +28,8 @@ class PacedSteps(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self._log("start", trainer.global_step)
+        if trainer.global_step > 0:
+            self.seconds = 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._log("step", trainer.global_step)
@@ -93,18 +96,28 @@ def slurm_job_ids(sweep: Path) -> list[str]:
     return sorted(n for n in names if n.replace("_", "").isdigit())
 
 
-def sacct_states(job_ids: list[str], env: dict) -> dict[str, list[str]]:
-    """{job id: [state of every run of it, requeued runs included]} from accounting."""
-    out = subprocess.run(
-        ["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+RUNNING = ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING")
+
+
+def sacct_states(job_ids: list[str], env: dict, timeout: float = 60) -> dict[str, list[str]]:
+    """{job id: [state of every run of it, requeued runs included]} from accounting, once
+    the last run of each has ended (srun's teardown may outlast the launcher's wait)."""
     states: dict[str, list[str]] = {}
-    for line in out.stdout.splitlines():
-        job, state = line.split("|")
-        states.setdefault(job, []).append(state.split()[0])
-    return states
+
+    def ended() -> bool:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        states.clear()
+        for line in out.stdout.splitlines():
+            job, state = line.split("|")
+            states.setdefault(job, []).append(state.split()[0])
+        return bool(states) and all(runs[-1] not in RUNNING for runs in states.values())
+
+    wait_until(ended, timeout, f"jobs {job_ids} ended in accounting")
+    return dict(states)
