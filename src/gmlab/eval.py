@@ -3,7 +3,8 @@
 Without `data=...` the data config recorded in the checkpoint is used (`data.root=<dir>`
 points it at moved data). Metrics go to
 `<run>/metrics.json` and TensorBoard; `ndb.enabled=true` adds the NDB metric for models
-that can sample; `ood=<set>` (or `ood=[<set>,...]`) adds out-of-distribution detection
+that can sample; `sample_quality=mnist` adds sample-quality scores with the real-data floor
+(docs/sample_quality.md); `ood=<set>` (or `ood=[<set>,...]`) adds out-of-distribution detection
 metrics (`gmlab.ood`, docs/ood.md).
 """
 
@@ -100,6 +101,10 @@ def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, floa
         metrics.update(ndb_metrics(model, datamodule, cfg))
         for logger in trainer.loggers:
             logger.log_metrics({k: v for k, v in metrics.items() if "ndb" in k}, step=0)
+    if cfg.get("sample_quality"):
+        from gmlab.metrics.sample_quality import evaluate_sample_quality
+
+        metrics.update(evaluate_sample_quality(model, datamodule, cfg, trainer, record))
     if cfg.ood.sets:
         from gmlab.ood.run import evaluate_ood
 

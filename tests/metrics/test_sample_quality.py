@@ -149,3 +149,14 @@ def test_sample_kinds_say_which_way_is_better_and_on_which_features():
     assert sample_kind("kernel_distance", "x", better=None)["better"] is None
     with pytest.raises(ValueError, match="not a sample-quality kind"):
         sample_kind("exact", "pixels")
+
+
+def test_gmlab_report_shows_the_feature_space_of_each_score():
+    """A report cell names the features its score was computed on, so FDs on two feature
+    networks read as two kinds, never as one."""
+    from gmlab.report.table import kind_text
+
+    a = kind_text(sample_kind("frechet_distance", "classifier:aaaa"))
+    b = kind_text(sample_kind("frechet_distance", "classifier:bbbb"))
+    assert a == "frechet_distance on classifier:aaaa" and a != b
+    assert kind_text(sample_kind("precision", "pixels", k=3)) == "precision k=3 on pixels"

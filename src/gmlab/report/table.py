@@ -80,6 +80,8 @@ def kind_text(kind) -> str:
         text += f" k={kind['k']}"
     if kind.get("bound") and "bound" not in text:
         text += " (bound)"
+    if kind.get("features"):  # sample-quality scores: the feature space they were computed in
+        text += f" on {kind['features']}"
     return text
 
 
