@@ -162,6 +162,7 @@ def test_gmlab_eval_prints_scores_beside_the_real_floor(runs, tmp_path, run_env)
     assert (out / "images" / "sample_quality" / "samples.png").stat().st_size > 100
 
 
+@pytest.mark.slow  # a gmlab-eval process: ~15 s alone, over a minute on a busy machine
 def test_a_missing_feature_network_is_one_error_line(runs, tmp_path, run_env):
     _, mfa = runs
     args = [f"ckpt_path={checkpoint(mfa)}", "sample_quality=mnist", f"hydra.run.dir={tmp_path}"]
