@@ -65,12 +65,13 @@ def bad_options(cfg: DictConfig) -> list[str]:
         if value is not _UNSET and not ok(value):
             lines.append(f"{name} must be {accepted}, got {value!r}")
     trainer = cfg.get("trainer") or {}
-    endless = _no_limit(trainer.get("max_epochs", 1)) and trainer.get("max_steps", -1) == -1
+    epochs = trainer.get("max_epochs", 1)
+    endless = _no_limit(epochs) and trainer.get("max_steps", -1) == -1
     bounded = trainer.get("max_time") is not None or trainer.get("fast_dev_run")
     if cfg.get("train") and endless and not bounded:
         lines.append(
-            f"trainer.max_epochs={trainer.get('max_epochs')} (no limit) needs trainer.max_steps "
-            "or trainer.max_time (e.g. 00:04:00:00): the run would never stop"
+            f"trainer.max_epochs={'null' if epochs is None else epochs} (no limit) needs "
+            "trainer.max_steps or trainer.max_time (e.g. 00:04:00:00): the run would never stop"
         )
     return lines
 
