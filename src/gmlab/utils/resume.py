@@ -27,6 +27,7 @@ RESUME_SAFE = (
     "trainer.max_time",
     "trainer.accelerator",
     "trainer.devices",
+    "trainer.default_root_dir",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "callbacks.progress_bar",
@@ -40,7 +41,7 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
     flat: dict[str, object] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):  # an empty one adds no key
             flat.update(_flat(value, f"{name}."))
         else:
             flat[name] = value
