@@ -1,13 +1,13 @@
 """RealNVP training speed: gmlab's model against a straightforward reference implementation
 of the same architecture and the same loss, side by side on CIFAR-shaped batches.
 
-Architecture (both): the seed's 32x32 RealNVP, logit -> 3 checkerboard couplings ->
-squeeze -> 3 channel-wise couplings -> factor out half -> 4 checkerboard couplings, every
-s/t net a weight-normalized ResNet of 8 bottleneck blocks x 128 filters. Loss (both): exact
-NLL in bits/dim. One training step = forward, backward and an Adam step on a 64x3x32x32
-uint8 batch. The reference is written the plain way (masks multiplied in, channel-wise
-couplings masked rather than sliced, NCHW, no in-place ops); the same weights are copied
-into it and both losses are printed to show they agree.
+Architecture (both): the 32x32 RealNVP of the RealNVP reference implementation, logit -> 3
+checkerboard couplings -> squeeze -> 3 channel-wise couplings -> factor out half -> 4
+checkerboard couplings, every s/t net a weight-normalized ResNet of 8 bottleneck blocks x
+128 filters. Loss (both): exact NLL in bits/dim. One training step = forward, backward and
+an Adam step on a 64x3x32x32 uint8 batch. The reference is written the plain way (masks
+multiplied in, channel-wise couplings masked rather than sliced, NCHW, no in-place ops); the
+same weights are copied into it and both losses are printed to show they agree.
 
 Variants of gmlab's model: float32 NCHW, float32 channels-last, and bf16 autocast of the
 s/t nets (log-dets in float32), channels-last. Then the MNIST record preset's step,

@@ -183,7 +183,7 @@ class RefMLPVAE(nn.Module):
 
 
 class FloatImages(torch.utils.data.Dataset):
-    """Per-sample float conversion, collated by the DataLoader (the seed's way)."""
+    """Per-sample float conversion, collated by the DataLoader (vae-pytorch's way)."""
 
     def __init__(self, x: torch.Tensor) -> None:
         self.x = x

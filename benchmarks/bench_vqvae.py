@@ -6,7 +6,7 @@
   implementations write; both must pick the same codes.
 - One training step of the quantizer alone (forward, codebook update and revival check,
   backward of its losses) on the same batch: the moving-average codebook with revival
-  (the presets') against the seed's gradient codebook.
+  (the presets') against vae-pytorch's gradient codebook.
 - The `vqvae_cifar10` training step (batch 128) in the Lightning fit loop: images/s, and
   achieved GFLOP/s (flops counted by `torch.utils.flop_counter`) against the machine's own
   fp32 matmul rate.

@@ -56,7 +56,7 @@ def test_monte_carlo_kl_matches_analytic_kl_for_one_component():
     z = q.sample((200_000,))
     mc = (q.log_prob(z) - prior.log_prob(z.reshape(-1, 4)).view(200_000, 3)).mean(0)
     torch.testing.assert_close(mc.detach(), analytic.detach(), atol=0.02, rtol=0)
-    # with one component the seed's approximation is exact
+    # with one component Rui Shu's VAE-MoG approximation is exact
     torch.testing.assert_close(prior.approx_kl(mu, logvar), analytic, atol=1e-5, rtol=0)
 
 

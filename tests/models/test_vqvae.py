@@ -140,7 +140,7 @@ def test_presets_build_both_stages(tmp_path, data):
     cfg = train_config(tmp_path, [f"experiment=vqvae_{data}"])
     stage_one = hydra.utils.instantiate(cfg.model, _convert_="all")
     assert isinstance(stage_one, VQVAE) and stage_one.preprocess.scale == "symmetric"
-    if data != "digits":  # the seed's settings
+    if data != "digits":  # vae-pytorch's settings
         assert (stage_one.num_codes, stage_one.hparams.code_dim) == (128, 256)
         assert stage_one.grid_shape == (8, 8)
         assert (cfg.data.batch_size, stage_one.hparams.optimizer["lr"]) == (128, 1e-3)

@@ -10,7 +10,7 @@ import torch
 from gmlab.data.split import Split
 
 
-class EpochSeed:
+class EpochCounter:
     """Holds the epoch that picks the shuffling permutation.
 
     Exposed as the loader's `sampler` so that Lightning's fit loop calls `set_epoch`
@@ -69,7 +69,7 @@ class IndexBatchLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.rank, self.world_size = rank, world_size
-        self.sampler = EpochSeed()
+        self.sampler = EpochCounter()
         self.batch_sampler = None  # read by Lightning's loader inspection
 
     def _per_rank_samples(self) -> int:

@@ -36,7 +36,7 @@ from gmlab.utils.checkpoint import load_model, model_class, read_checkpoint
 
 log = logging.getLogger(__name__)
 
-# the seed's codebook: learned by gradient from U(-1/K, 1/K), no revival (checkpoints
+# vae-pytorch's codebook: learned by gradient from U(-1/K, 1/K), no revival (checkpoints
 # written before the quantizer option hold this one)
 GRADIENT_QUANTIZER = {"_target_": "gmlab.nn.vector_quantizer.VectorQuantizer"}
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
@@ -47,17 +47,17 @@ class VQVAE(GenerativeModel):
 
     Args:
         data_shape: (C, H, W); H and W divisible by 2^downsample.
-        preprocess: `gmlab.data.Preprocessor` options (the seed: scale=symmetric, [-1, 1]).
-        num_codes: K, codebook size (the seed: 128).
-        code_dim: D, size of each code vector (the seed: 256).
+        preprocess: `gmlab.data.Preprocessor` options (vae-pytorch: scale=symmetric, [-1, 1]).
+        num_codes: K, codebook size (vae-pytorch: 128).
+        code_dim: D, size of each code vector (vae-pytorch: 256).
         hidden: channels of the encoder/decoder convolutions.
         downsample: stride-2 layers; the code grid is (H / 2^s, W / 2^s) (32x32 -> 8x8 at 2).
         res_blocks: residual blocks in the encoder and in the decoder.
         likelihood: decoder likelihood: discretized_logistic (default) or gaussian_fixed
-            (N(mu, I), the seed's plain reconstruction loss; a loose density).
+            (N(mu, I), vae-pytorch's plain reconstruction loss; a loose density).
         beta: weight of the commitment loss.
         quantizer: the codebook part, a config dict with `_target_` (`model/quantizer=ema`
-            or `gradient`); K and D come from num_codes and code_dim. None: the seed's
+            or `gradient`); K and D come from num_codes and code_dim. None: vae-pytorch's
             gradient codebook.
         optimizer, lr_scheduler: the `model/optimizer` and `model/lr_scheduler` part configs
             (None: Adam at 1e-3, constant lr).

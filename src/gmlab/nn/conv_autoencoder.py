@@ -1,4 +1,4 @@
-"""Convolutional encoder/decoder for square images (the vae-pytorch seed's architecture).
+"""Convolutional encoder/decoder for square images (vae-pytorch's architecture).
 
 Encoder: conv3x3(C -> channels[0]) then a stride-2 conv3x3 per further entry of `channels`
 (32x32 -> 4x4 with the default four), ReLU after each, flatten, linear to `out_features`.

@@ -2,7 +2,7 @@
 
 `MADE` masks the weights of an MLP so that output i (of every output group) depends only
 on inputs 1..i-1 (natural ordering). `MADEFlow` turns it into the invertible map of the
-vae-pytorch seed's VLAE prior:
+vae-pytorch's VLAE prior:
 
     eps = z * sigma(z) + mu(z),    sigma_i, mu_i functions of z_<i,
 

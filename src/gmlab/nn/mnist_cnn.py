@@ -1,6 +1,7 @@
-"""The small CNN of the GMM-layer seed (conv 16 - conv 32 - fc 128), as a feature extractor.
+"""The small CNN of pytorch-gaussian-mixture-layer (conv 16 - conv 32 - fc 128), as a
+feature extractor.
 
-Layout (the seed's `example.py`, itself the classic PyTorch MNIST tutorial network):
+Layout (that project's `example.py`, itself the classic PyTorch MNIST tutorial network):
 
     conv 5x5, 16 channels, padding 2 -> ReLU -> max-pool 2
     conv 5x5, 32 channels, padding 2 -> ReLU -> max-pool 2
@@ -8,8 +9,8 @@ Layout (the seed's `example.py`, itself the classic PyTorch MNIST tutorial netwo
 
 The features are the linear output, without a final ReLU: a Gaussian-mixture head
 models them as Gaussians, which rectified features (a point mass at 0 in each
-coordinate) would contradict. `dropout` (default 0, as in the seed) drops flattened
-conv activations during training.
+coordinate) would contradict. `dropout` (default 0, as in pytorch-gaussian-mixture-layer)
+drops flattened conv activations during training.
 """
 
 from __future__ import annotations

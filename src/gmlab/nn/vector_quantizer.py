@@ -58,7 +58,7 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def gather_rows(x: torch.Tensor) -> torch.Tensor:
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     """[N_r, ...] of every rank -> [sum N_r, ...] concatenated in rank order."""
     if not distributed():
         return x
@@ -82,7 +82,7 @@ def perplexity(counts: torch.Tensor) -> torch.Tensor:
 
 
 class VectorQuantizer(nn.Module):
-    """K codes of dimension D learned by gradient (the seed's: uniform init in [-1/K, 1/K]).
+    """K codes of dimension D learned by gradient (vae-pytorch's: uniform init in [-1/K, 1/K]).
 
     Args:
         num_codes: K.
@@ -191,7 +191,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def kmeans_init(self, flat: torch.Tensor) -> None:
         """Codebook := k-means centers of all ranks' vectors of this batch."""
-        data = gather_rows(flat.float())
+        data = all_gather_rows(flat.float())
         if data.shape[0] < self.num_codes:
             raise ConfigError(
                 f"quantizer init=kmeans needs at least {self.num_codes} encoder vectors in the "
@@ -221,7 +221,7 @@ class VectorQuantizer(nn.Module):
         if m == 0:
             return 0
         local, local_score = self.candidates(flat, distance, m, self.generator(0))
-        pool, score = gather_rows(local), gather_rows(local_score)
+        pool, score = all_gather_rows(local), all_gather_rows(local_score)
         if self.revive_from == "farthest":
             pick = torch.topk(score, m).indices
         else:

@@ -44,7 +44,7 @@ class Group:
         self.runs.append(run)
 
 
-def flatten(tree, prefix: str = "") -> dict[str, object]:
+def dotted_keys(tree, prefix: str = "") -> dict[str, object]:
     """{"a": {"b": 1}, "c": [1, 2]} -> {"a.b": 1, "c": "[1, 2]"}."""
     if not isinstance(tree, dict):
         return {prefix.rstrip("."): tree} if prefix else {}
@@ -52,7 +52,7 @@ def flatten(tree, prefix: str = "") -> dict[str, object]:
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
+            flat.update(dotted_keys(value, f"{name}."))
         elif isinstance(value, (list, tuple, dict)):
             flat[name] = json.dumps(value, sort_keys=True, default=str)
         else:
@@ -63,7 +63,7 @@ def flatten(tree, prefix: str = "") -> dict[str, object]:
 def key_names(config: dict) -> set[str]:
     """Every dotted key of a config and every prefix of one: what --group-by accepts."""
     names = set()
-    for key in flatten(config):
+    for key in dotted_keys(config):
         parts = key.split(".")
         names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     return names
@@ -92,7 +92,7 @@ def kept_overrides(run: Run, ignore: list[str]) -> list[str]:
 
 
 def config_key(config: dict, overrides: list[str], ignore: list[str], group_by) -> str:
-    flat = flatten(config)
+    flat = dotted_keys(config)
     if group_by:
         picked = {}
         for name in group_by:
@@ -151,7 +151,7 @@ def group_runs(runs: list[Run], ignore: list[str], group_by=None, read=None) -> 
             _choice(base, "model"),
             _choice(run, "data") or _choice(base, "data"),
             overrides + [f"eval: {o}" for o in eval_overrides],
-            {k: v for k, v in flatten(base.config).items() if not is_ignored(k, ignore)},
+            {k: v for k, v in dotted_keys(base.config).items() if not is_ignored(k, ignore)},
         )
     result = list(groups.values())
     _label(result)

@@ -13,8 +13,8 @@ class Logit(Flow):
     (`gmlab.ops.logit`).
 
     alpha keeps the logit away from 0 and 1: with the default 0.05 the logit sees
-    [0.05, 0.95] (the same range as the realnvp seed's `alpha/2 + (1 - alpha) y` with its
-    alpha = 0.1); 1e-6 is the usual MNIST choice.
+    [0.05, 0.95] (the same range as the RealNVP reference implementation's
+    `alpha/2 + (1 - alpha) y` with its alpha = 0.1); 1e-6 is the usual MNIST choice.
 
     Args:
         alpha: squeeze of the unit interval, 0 <= alpha < 0.5 (0 needs y strictly inside).
