@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check and GPU figure of the README in one go, for a GPU machine whose time is
+# Every GPU check and GPU figure of docs/ (speed.md and the family pages) in one go, for a GPU machine whose time is
 # short (about 10 minutes with MINUTES=3):
 #   1. the GPU rows of the benchmarks (`python -m benchmarks --gpu`) on a quiet GPU, with
 #      the torch.compile rows (GMLAB_BENCH_COMPILE=1: RealNVP under reduce-overhead);

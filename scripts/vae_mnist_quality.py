@@ -1,4 +1,4 @@
-"""VAE quality runs on dynamically binarized MNIST (the VAE results table in README.md).
+"""VAE quality runs on dynamically binarized MNIST (the results table in docs/vae.md).
 
   train: fits `gmlab.models.vae.VAE` for a fixed wall-clock budget (one CPU thread) and
          writes <out>/<name>/{config.json, model.pt, results.json, csv/}.
@@ -7,7 +7,7 @@
 
 The setting is `experiment=vae_mnist_wide` / `vae_mog_mnist_wide` (784-400-400-32
 encoder, mirrored Bernoulli decoder, KL warm-up over 2750 steps, Adam 1e-3, batch 200)
-without their lr schedule: a constant lr for a wall-clock budget (the README's CPU rows).
+without their lr schedule: a constant lr for a wall-clock budget (the CPU rows of docs/vae.md).
 
 usage: python scripts/vae_mnist_quality.py train NAME {normal,mog,vamp} MINUTES [--root DIR]
        python scripts/vae_mnist_quality.py eval RUN_DIR K N [--root DIR]
