@@ -1,12 +1,12 @@
 """One process per run folder: `<run>/job.lock` names its holder and a heartbeat.
 
-The lock file holds `{"host", "pid", "started", "heartbeat"}` (ISO-8601 UTC). It is created
-with `O_CREAT | O_EXCL` (one creator wins, also on NFS), and a thread of the holder
-rewrites its heartbeat every `HEARTBEAT_S` seconds. A lock is stale, and is taken over, when
-its pid is dead on this host or its heartbeat is older than `STALE_AFTER_S` (a holder on
-another host that died, or a frozen file system). A takeover happens under the directory
-`job.lock.takeover` (`mkdir` is atomic), after reading the same stale content again, so
-that two launches cannot both take one stale lock.
+The lock file holds `{"host", "pid", "started", "heartbeat", "token"}` (times ISO-8601
+UTC). It is created with `O_CREAT | O_EXCL` (one creator wins, also on NFS), and a thread of
+the holder rewrites its heartbeat every `HEARTBEAT_S` seconds. A lock is stale, and is
+taken over, when its pid is dead on this host or its heartbeat is older than
+`STALE_AFTER_S` (a holder on another host that died, or a frozen file system). A takeover
+happens under the directory `job.lock.takeover` (`mkdir` is atomic), after reading the same
+stale content again, so that two launches cannot both take one stale lock.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from gmlab.utils.provenance import iso_seconds, now_iso
@@ -50,7 +51,12 @@ class JobLock:
     ) -> None:
         self.path = Path(folder) / LOCK_FILE
         self.stale_after_s, self.heartbeat_s = stale_after_s, heartbeat_s
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started": now_iso()}
+        self.me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": now_iso(),
+            "token": uuid.uuid4().hex,  # tells two locks of one process apart
+        }
         self.holder: dict | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,8 +127,7 @@ class JobLock:
         return False
 
     def _mine(self) -> bool:
-        owner = self._read()[0] or {}
-        return (owner.get("host"), owner.get("pid")) == (self.me["host"], self.me["pid"])
+        return (self._read()[0] or {}).get("token") == self.me["token"]
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
