@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from support.compose import train_config
 
 from gmlab.errors import NonFiniteError
 from gmlab.train import train
+from gmlab.utils.cli import user_errors
+from gmlab.utils.instantiate import instantiate_loggers
 
 EXTRA = 'the `loggers` extra is not installed (pip install -e ".[loggers]")'
 DIGITS = ["debug=limit", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
@@ -50,6 +53,18 @@ def assert_same_images(saved: list[Path], logged: list[Path]) -> None:
         ]
         assert same, f"{path.relative_to(path.parents[2])} was not logged"
         left.pop(same[0])
+
+
+@pytest.mark.parametrize("logger, module", [("mlflow", "mlflow"), ("wandb", "wandb")])
+def test_missing_package_is_one_error_line(tmp_path, monkeypatch, capsys, logger, module):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    cfg = train_config(tmp_path, [f"logger={logger}"])
+    with pytest.raises(SystemExit) as info, user_errors():
+        instantiate_loggers(cfg.logger)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"error: logger={logger} needs the" in err and "[loggers]" in err
+    assert "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------- MLflow

@@ -4,10 +4,24 @@ per gmlab run. docs/loggers.md."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+from gmlab.errors import ConfigError
+
+
+def require(module: str, logger: str, package: str) -> None:
+    """ConfigError naming the extra to install when `module` cannot be imported."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"logger={logger} needs the {package} package: pip install -e '.[loggers]' in "
+            f"the gmlab checkout (or pip install {package})"
+        ) from None
 
 
 class LocalMLFlowLogger(MLFlowLogger):
@@ -19,6 +33,7 @@ class LocalMLFlowLogger(MLFlowLogger):
     a server) are passed on unchanged."""
 
     def __init__(self, *args, tracking_uri: str | None = None, **kwargs):
+        require("mlflow", "mlflow", "mlflow-skinny")
         if tracking_uri is None or urlparse(str(tracking_uri)).scheme in ("", "file"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         super().__init__(*args, tracking_uri=tracking_uri, **kwargs)
@@ -29,6 +44,10 @@ class WandbRunLogger(WandbLogger):
     end of a run (`gmlab.utils.runs.finish_run`), exit code 1 when Lightning stops on an
     exception or a signal. Lightning's logger leaves the run open, and the next job of a
     multirun in the same process would log into it."""
+
+    def __init__(self, *args, **kwargs):
+        require("wandb", "wandb", "wandb")
+        super().__init__(*args, **kwargs)
 
     def finalize(self, status: str) -> None:
         super().finalize(status)
