@@ -1,21 +1,43 @@
-"""The layering rules, read from the source: `gmlab.distributions` (the math) imports nothing
-from `gmlab.nn` or `gmlab.models`, `gmlab.nn` nothing from `gmlab.models` (so no import
-cycle can run through them); and no file meant for readers points outside the repository."""
+"""The layering rules of docs/architecture.md ("Layers"), read from the source: which gmlab
+package may import which (the table below, the same as the one in the docs), that the math
+imports only torch, and that no file meant for readers points outside the repository."""
 
 from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "gmlab"
-FORBIDDEN = {
-    "distributions": ("gmlab.nn", "gmlab.models"),
-    "nn": ("gmlab.models",),
+DOC = ROOT / "docs" / "architecture.md"
+
+_MODEL_LAYER = ("errors", "ops", "distributions", "nn", "utils", "plotting", "data", "metrics")
+# package -> the gmlab packages it may import (within a package anything goes); `gmlab` is
+# the package's own __init__.py. docs/architecture.md shows this very table.
+MAY_IMPORT = {
+    "errors": (),
+    "ops": ("errors",),
+    "distributions": ("errors", "ops"),
+    "nn": ("errors", "ops", "distributions"),
+    "utils": ("errors",),
+    "plotting": (),
+    "data": ("errors", "ops", "utils"),
+    "metrics": ("errors", "ops", "distributions", "nn", "utils"),
+    "models": _MODEL_LAYER,
+    "estimators": (*_MODEL_LAYER, "models"),
+    "ood": (*_MODEL_LAYER, "models"),
+    "callbacks": (*_MODEL_LAYER, "models"),
+    "report": ("errors", "utils", "plotting"),
+    "train": (*_MODEL_LAYER, "models", "callbacks"),
+    "eval": (*_MODEL_LAYER, "models", "callbacks", "ood"),
+    "api": (*_MODEL_LAYER, "models", "callbacks", "train", "eval"),
+    "gmlab": ("estimators",),
 }
+MATH = ("errors", "ops", "distributions", "nn")  # standard library, torch and gmlab only
 
 
 def module_name(path: Path, package: Path = PACKAGE) -> str:
@@ -42,14 +64,83 @@ def imported_modules(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
     return found
 
 
-def test_imports_point_one_way():
-    violations = []
-    for layer, banned in FORBIDDEN.items():
-        for path in sorted((PACKAGE / layer).rglob("*.py")):
+def package_of(module: str) -> str | None:
+    """The row of the table that `module` (absolute) belongs to; None outside gmlab or for
+    the bare `gmlab` (imported by every gmlab import; its names count as `gmlab.<name>`)."""
+    parts = module.split(".")
+    if parts[0] != "gmlab" or len(parts) == 1:
+        return None
+    return parts[1] if parts[1] in MAY_IMPORT else "gmlab"
+
+
+def wrong_arrows(root: Path = PACKAGE) -> list[str]:
+    """`file:line imports module` for every gmlab import the importer's row does not allow."""
+    found = {}  # one entry per file, line and target: `from a.b import c` also yields a.b.c
+    for path in sorted(root.rglob("*.py")):
+        importer = package_of(module_name(path, root)) or "gmlab"
+        where = path.relative_to(root.parent)
+        for line, module in imported_modules(path, root):
+            target = package_of(module)
+            if target not in (None, importer, *MAY_IMPORT[importer]):
+                found.setdefault(
+                    (where, line, target),
+                    f"{where}:{line} imports {module} ({importer} may not import {target})",
+                )
+    return list(found.values())
+
+
+def test_imports_follow_the_table():
+    assert wrong_arrows() == []
+
+
+def test_the_math_imports_only_torch():
+    allowed = {*sys.stdlib_module_names, "torch", "gmlab"}
+    found = []
+    for layer in MATH:
+        files = [PACKAGE / f"{layer}.py"] if layer == "errors" else (PACKAGE / layer).rglob("*.py")
+        for path in sorted(files):
             for line, module in imported_modules(path):
-                if any(module == b or module.startswith(b + ".") for b in banned):
-                    violations.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
-    assert violations == []
+                if module.split(".")[0] not in allowed:
+                    found.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert found == []
+
+
+def test_every_module_has_a_row_and_the_table_has_no_cycle():
+    packages = {package_of(module_name(path)) or "gmlab" for path in PACKAGE.rglob("*.py")}
+    assert packages == set(MAY_IMPORT)
+    assert {t for targets in MAY_IMPORT.values() for t in targets} <= set(MAY_IMPORT)
+    placed: list[str] = []  # a topological order exists iff there is no cycle
+    while len(placed) < len(MAY_IMPORT):
+        ready = [p for p, ts in MAY_IMPORT.items() if p not in placed and set(ts) <= set(placed)]
+        assert ready, f"cycle among {sorted(set(MAY_IMPORT) - set(placed))}"
+        placed += ready
+
+
+def documented_table() -> dict[str, tuple[str, ...]]:
+    """The "Layers" table of docs/architecture.md: package -> may import."""
+    section = DOC.read_text().split("## Layers\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \|[^\n]*\| ([^|\n]+) \|$", section, re.MULTILINE)
+    return {name: tuple(re.findall(r"`(\w+)`", targets)) for name, targets in rows}
+
+
+def test_the_docs_state_the_same_table():
+    assert documented_table() == MAY_IMPORT
+
+
+def test_the_checker_flags_a_wrong_arrow_with_its_line(tmp_path):
+    """wrong_arrows on a planted tree: `distributions` importing `models` lazily is caught
+    with file and line, `nn` importing `distributions` (allowed) is not."""
+    root = tmp_path / "gmlab"
+    for layer in ("distributions", "nn"):
+        (root / layer).mkdir(parents=True)
+    (root / "distributions" / "bad.py").write_text(
+        "import torch\n\n\ndef f():\n    from gmlab.models.base import GmlabModule\n"
+    )
+    (root / "nn" / "good.py").write_text("from ..distributions import lowrank\n")
+    assert wrong_arrows(root) == [
+        "gmlab/distributions/bad.py:5 imports gmlab.models.base "
+        "(distributions may not import models)"
+    ]
 
 
 def test_the_checker_sees_relative_and_nested_imports(tmp_path):
