@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import socket
+import zipfile
 
 import pytest
 from torchvision import datasets
@@ -99,6 +100,26 @@ def test_cifar_files_are_checked_against_torchvision_md5_list(tmp_path, monkeypa
     (folder / "test_batch").unlink()
     status, out, _ = run(capsys, "--check", "cifar10", "--root", str(tmp_path))
     assert status == 1 and out.strip() == f"CIFAR-10: missing {folder / 'test_batch'}"
+
+
+def test_celeba_image_folder_is_checked_against_its_verified_zip(
+    tmp_path, monkeypatch, capsys, files
+):
+    written = files.write_celeba(tmp_path)
+    folder = tmp_path / "celeba"
+    with zipfile.ZipFile(folder / "img_align_celeba.zip", "w") as z:
+        for path in written["files"]:
+            z.write(path, f"img_align_celeba/{path.name}")
+    sums = [(i, md5(folder / name), name) for i, _, name in datasets.CelebA.file_list]
+    monkeypatch.setattr(datasets.CelebA, "file_list", sums)
+
+    status, out, _ = run(capsys, "--check", "celeba64", "--root", str(tmp_path))
+    assert status == 0 and f"CelebA: ok in {folder}: 17 files match their checksums" in out
+    written["files"][3].unlink()  # 5 lists + the zip + 11 images, one now gone
+    written["files"][5].write_bytes(b"cut")
+    status, out, _ = run(capsys, "--check", "celeba64", "--root", str(tmp_path))
+    assert status == 1 and f"CelebA: missing {written['files'][3]}" in out
+    assert f"CelebA: corrupt {written['files'][5]}: 3 bytes, " in out
 
 
 def test_download_without_network_is_one_error_line(tmp_path, monkeypatch, capsys):

@@ -40,8 +40,10 @@ class Report:
     missing: list[Path] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)  # "path: why"
 
-    def lines(self) -> list[str]:
-        out = [f"{self.name}: missing {p}" for p in self.missing]
+    def lines(self, at_most: int = 20) -> list[str]:
+        out = [f"{self.name}: missing {p}" for p in self.missing[:at_most]]
+        if len(self.missing) > at_most:
+            out.append(f"{self.name}: ... and {len(self.missing) - at_most} more missing")
         out += [f"{self.name}: corrupt {why}" for why in self.corrupt]
         if not out:
             note = f"; {len(self.unverified)} present without one (no archive beside them)"
