@@ -37,16 +37,17 @@ def build_optimization(
     the form `LightningModule.configure_optimizers` returns.
 
     `optimizer` is the config of a `torch.optim` class (`_target_`, its options; usually
-    `_partial_: true`, completed here with `params`). `lr_scheduler` is the config of a
-    torch LR scheduler (completed with the optimizer) plus Lightning's `interval` ("step":
+    `_partial_: true`: Hydra builds a partial, completed here with `params`).
+    `lr_scheduler` is the config of a torch LR scheduler (completed with the optimizer)
+    plus Lightning's `interval` ("step":
     stepped after every optimizer step, the default; "epoch": after every epoch) and
     `frequency`; empty or None: constant lr. The scheduler's state is saved in checkpoints,
     so a resumed run continues its curve.
     """
-    opt = build_part(_complete(optimizer), "optimizer", params=params)
+    opt = build_part(optimizer, "optimizer", params=params)
     if not lr_scheduler:
         return opt
-    spec = _complete(lr_scheduler)
+    spec = dict(lr_scheduler)
     loop = {key: spec.pop(key) for key in SCHEDULER_LOOP_KEYS if key in spec}
     loop.setdefault("interval", "step")
     if loop["interval"] not in ("step", "epoch"):
@@ -96,13 +97,6 @@ def check_fused_clipping(
             f"{option}={value} under trainer.precision={trainer.precision} needs an unfused "
             f"optimizer: set model.optimizer.fused=false (or {option}=null: no clipping)"
         )
-
-
-def _complete(spec: Mapping | None) -> dict | None:
-    """A part config without `_partial_`: the model supplies the missing arguments."""
-    if spec is None:
-        return None
-    return {key: value for key, value in dict(spec).items() if key != "_partial_"}
 
 
 def flat_optimizer_hparams(hparams: dict, optimizer: str = "torch.optim.Adam") -> dict:

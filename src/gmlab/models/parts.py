@@ -9,6 +9,7 @@ themselves, supplying what only the model knows (a latent size, the parameters t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,9 @@ from gmlab.errors import ConfigError
 def build_part(spec: Mapping | None, role: str, **supplied: Any) -> Any:
     """Instantiate the part `spec` (dict with `_target_`) with the model's `supplied` arguments.
 
+    `_partial_: true` means what it means to Hydra: the config alone is incomplete; Hydra
+    builds a partial, and the model's `supplied` arguments complete it.
+
     `role` names the option in errors (`model.<role>`). A key given both in `spec` and in
     `supplied` is an error, so a config cannot silently fight the model over, say, the
     latent size.
@@ -31,13 +35,14 @@ def build_part(spec: Mapping | None, role: str, **supplied: Any) -> Any:
         spec = OmegaConf.to_container(spec, resolve=True)
     if not isinstance(spec, Mapping) or "_target_" not in spec:
         raise ConfigError(f"model.{role} must be a config with a `_target_`, got {spec!r}")
-    clash = sorted(set(spec) & set(supplied))
+    clash = sorted(set(spec) & set(supplied) - {"_partial_"})
     if clash:
         raise ConfigError(
             f"model.{role}.{clash[0]} is set by the model itself; remove it from the config"
         )
     try:
-        return hydra.utils.instantiate(dict(spec), **supplied, _convert_="all")
+        built = hydra.utils.instantiate(dict(spec), **supplied, _convert_="all")
+        return built() if isinstance(built, functools.partial) else built
     except Exception as exc:  # noqa: BLE001 - any failure to build names the part
         cause = exc.__cause__ or exc  # the target's own error, which Hydra wraps
         raise ConfigError(
