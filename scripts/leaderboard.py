@@ -9,8 +9,12 @@ Each family is a multirun `gmlab-train -m experiment=<name>_mnist_board seed=...
 <out>/<name>: a failed job is recorded and the others go on, and running the same command
 again skips the finished jobs and resumes the others from their own last.ckpt. The VQ-VAE's
 stage 2 (vqvae_pixelcnn_mnist_board) runs per seed on that seed's stage-1 checkpoint; when
-stage 1 of a seed failed, its stage 2 is recorded as skipped. Then `gmlab-report <out>` writes
-<out>/report/report.md, report.csv and the val/bpd curves. Exit status 1 when a run failed.
+stage 1 of a seed failed, its stage 2 is recorded as skipped. The feature network of the
+sample-quality scores is a board job too (`experiment=features_mnist` into <out>/features),
+and every finished job is then evaluated with `gmlab-eval ... sample_quality=mnist` into
+<out>/sample_quality/<name>/<job> (skipped when done). Then `gmlab-report <out>` writes
+<out>/report/report.md, report.csv and the val/bpd curves: test bpd beside FD, precision,
+recall, coverage and NDB/K. Exit status 1 when a run failed.
 Trailing OVERRIDEs go to every run, e.g. `data.cache_dir=/tmp/cache` when the data folder
 is read-only (keys that gmlab-report ignores, or the groups split). LEADERBOARD_SMOKE=1
 cuts every run to a few batches (`debug=limit`, 2 seeds, IWAE k=2) into
@@ -43,6 +47,12 @@ BOARD = (
     ("realnvp", 1),
 )
 QUIET = ["~callbacks.progress_bar", "~callbacks.model_summary"]  # runs log to files
+EVAL_QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+# the eval step's sample-quality options (a smoke run: fewer samples, a few test batches)
+SAMPLE_QUALITY = ["sample_quality=mnist"]
+SMOKE_EVAL = ["sample_quality.num_samples=1000", "+trainer.limit_test_batches=2"]
+SCORES = ["fd", "precision", "recall", "coverage", "ndb_over_k"]
+NO_SAMPLES = {"vqvae"}  # stage 1 decodes uniform codes: its samples are stage 2's job
 SMOKE = {
     "*": ["debug=limit"],
     "vae": ["model.eval.iwae_k=2"],
@@ -56,6 +66,37 @@ def train(args: list[str]) -> int:
     cmd = [sys.executable, "-m", "gmlab.train", *args]
     print("+ gmlab-train " + " ".join(args), flush=True)
     return subprocess.run(cmd, cwd=ROOT).returncode
+
+
+def evaluate(args: list[str]) -> int:
+    """`gmlab-eval args...` in this interpreter's environment; its exit status."""
+    print("+ gmlab-eval " + " ".join(args), flush=True)
+    return subprocess.run([sys.executable, "-m", "gmlab.eval", *args], cwd=ROOT).returncode
+
+
+def features_run(out: Path, more: list[str]) -> Path | None:
+    """The feature network's run folder (trained here once, seed 1), None if it failed."""
+    sweep = out / "features"
+    if finished_job(sweep, 1) is None:
+        train(["-m", "experiment=features_mnist", "seed=1", *more, f"hydra.sweep.dir={sweep}"])
+    return finished_job(sweep, 1)
+
+
+def sample_quality_step(out: Path, name: str, features: Path, smoke: bool) -> int:
+    """`gmlab-eval ... sample_quality=mnist` of every finished job of family `name` that has
+    no finished evaluation yet; 1 if one failed."""
+    failed = 0
+    for job in sorted(p for p in (out / name).glob("*") if (p / "run.json").is_file()):
+        if json.loads((job / "run.json").read_text()).get("status") != "finished":
+            continue
+        ckpt = stage1_checkpoint(job)
+        target = out / "sample_quality" / name / job.name
+        if ckpt is None or (target / "metrics.json").is_file():
+            continue
+        args = [f"ckpt_path={ckpt}", *SAMPLE_QUALITY, f"sample_quality.features_ckpt={features}"]
+        args += [*EVAL_QUIET, *(SMOKE_EVAL if smoke else []), f"hydra.run.dir={target}"]
+        failed |= evaluate(args) != 0
+    return failed
 
 
 def extra(name: str, smoke: bool) -> list[str]:
@@ -143,7 +184,8 @@ def main() -> int:
         print("error: set GMLAB_DATA to the folder holding MNIST/raw/", file=sys.stderr)
         return 1
     only = set(args.only.split(",")) if args.only else None
-    failed = 0
+    features = features_run(args.out, [*extra("features", smoke), *args.overrides])
+    failed = int(features is None)
     for name, count in BOARD:
         if only and name not in only:
             continue
@@ -156,7 +198,11 @@ def main() -> int:
         seed_list = "seed=" + ",".join(map(str, seeds))
         cmd = ["-m", f"experiment={name}_mnist_board", seed_list, *more]
         failed |= train([*cmd, f"hydra.sweep.dir={sweep}"]) != 0
-    report = [str(args.out), "--metrics", "test/bpd", "--sort", "test/bpd", "--curves", "val/bpd"]
+    for name, _ in BOARD:
+        if features is not None and name not in NO_SAMPLES and not (only and name not in only):
+            failed |= sample_quality_step(args.out, name, features, smoke)
+    columns = ",".join(["test/bpd", *(f"sample_quality/{s}" for s in SCORES)])
+    report = [str(args.out), "--metrics", columns, "--sort", "test/bpd", "--curves", "val/bpd"]
     subprocess.run([sys.executable, "-m", "gmlab.report.cli", *report], cwd=ROOT, check=False)
     if smoke:
         print("LEADERBOARD_SMOKE: a few batches per run; these numbers are not results.")
