@@ -86,7 +86,30 @@ def test_launch_outcomes_count_only_this_launch(tmp_path):
         "failed": ["bad"],
         "skipped": ["skip"],
         "unfinished": ["killed"],
+        "interrupted": [],
     }
+
+
+def test_launch_outcomes_follow_the_launch_id_and_the_held_notes(tmp_path):
+    """Records naming a launch count for that launch only, whatever their start time; a
+    job held by another process is a skip with its holder."""
+    from gmlab.utils.runs import write_json_atomic
+    from gmlab.utils.sweep import launch_outcomes
+
+    late = "2026-01-02T10:00:05+00:00"
+    records = {
+        "mine": {"status": "interrupted", "signal": "SIGTERM", "start_time": late, "launch": "a"},
+        "theirs": {"status": "finished", "start_time": late, "launch": "b"},
+    }
+    for name, rec in records.items():
+        (tmp_path / name).mkdir()
+        write_json_atomic(tmp_path / name / "run.json", rec)
+    write_json_atomic(tmp_path / "theirs" / ".held.a.json", {"held_by": "node7:42"})
+    since = datetime.fromisoformat("2026-01-02T10:00:00+00:00").timestamp()
+    got = launch_outcomes(tmp_path, since, launch="a")
+    assert [p.name for p, _ in got["interrupted"]] == ["mine"]
+    assert [(p.name, r["held_by"]) for p, r in got["skipped"]] == [("theirs", "node7:42")]
+    assert got["finished"] == [] and got["unfinished"] == []
 
 
 @pytest.mark.slow
@@ -320,3 +343,47 @@ def test_an_out_of_memory_job_is_recorded_with_its_traceback_and_the_next_runs(t
     assert again.returncode == 1
     assert "0 finished, 1 failed, 1 skipped, 0 unfinished" in again.stdout
     assert [a["status"] for a in record(sweep / "0")["attempts"]] == ["failed"]
+
+
+@pytest.mark.slow
+def test_a_killed_optuna_study_continues_to_n_trials_in_total(tmp_path, run_env):
+    """The study lives in <sweep>/optuna.db. SIGKILL during trial 1 (after trial 0
+    finished), then the same command: trial 0 is kept as it was, the killed trial's
+    parameters run again in its own folder, and the study ends with n_trials = 3 complete
+    trials in total."""
+    import optuna
+
+    sweep = tmp_path / "sweep"
+    args = ["hparams_search=mfa_optuna", "hydra.sweeper.n_trials=3", "trainer.max_epochs=1"]
+    args += ["~callbacks.progress_bar", "~callbacks.model_summary", "~callbacks.image_grids"]
+    args += [
+        f"hydra.sweep.dir={sweep}",
+        "+callbacks.kill._target_=support.faults.KillAfterFinished",
+    ]
+    args += [f"+callbacks.kill.sweep_dir={sweep}", "+callbacks.kill.finished=1"]
+    args += [f"+callbacks.kill.marker={tmp_path / 'killed'}"]
+    first = gmlab("gmlab-train", args, run_env, check=False)
+    assert first.returncode == -9
+    storage = f"sqlite:///{sweep}/optuna.db"
+    before = optuna.load_study(study_name="mfa_size", storage=storage).trials
+    assert [t.state.name for t in before] == ["COMPLETE", "RUNNING"]
+    killed_params = before[1].params
+
+    second = gmlab("gmlab-train", args, run_env)
+    assert "2 finished, 0 failed, 0 skipped, 0 unfinished, 0 interrupted" in second.stdout
+    trials = optuna.load_study(study_name="mfa_size", storage=storage).trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3 and len(trials) == 4
+    assert (complete[0].number, complete[0].params, complete[0].value) == (
+        0,
+        before[0].params,
+        before[0].value,
+    )
+    assert trials[1].state.name == "FAIL" and trials[1].user_attrs["gmlab_interrupted"]
+    assert complete[1].params == killed_params  # run again, then the new draw
+    assert complete[2].params not in (before[0].params, killed_params)
+    rerun = [p.parent for p in sweep.glob("*/run.json") if record(p.parent)["attempts"]]
+    assert len(rerun) == 1 and [a["status"] for a in record(rerun[0])["attempts"]] == ["running"]
+    assert metrics(rerun[0])["val/bpd"] == pytest.approx(complete[1].value)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(min(t.value for t in complete))

@@ -67,3 +67,17 @@ class FillDisk(L.Callback):
                     handle.write(b"0")
             except OSError:
                 pass
+
+
+class KillAfterFinished(L.Callback):
+    """SIGKILL this process at the first training step once `finished` jobs of `sweep_dir`
+    record status finished, unless `marker` exists (created first)."""
+
+    def __init__(self, sweep_dir: str, finished: int, marker: str) -> None:
+        self.sweep_dir, self.finished, self.marker = Path(sweep_dir), finished, Path(marker)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        done = [p for p in self.sweep_dir.glob("*/run.json") if '"finished"' in p.read_text()]
+        if len(done) >= self.finished and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
