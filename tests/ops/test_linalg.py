@@ -43,3 +43,27 @@ def test_lowrank_component_with_vanishing_noise_gets_a_noise_floor_hint():
         LowRankGaussians.from_params(means, factors, log_noise)
     log_noise[2] = 0.0
     assert LowRankGaussians.from_params(means, factors, log_noise).log_prob(means).isfinite().all()
+
+
+def test_float64_matrices_are_factored_once_and_their_failures_named():
+    """No float64 retry of what is float64 already: `build` runs once, and the indices of
+    the matrices that are not positive definite come in order, the first ten listed."""
+    mats = spd(k=14)
+    bad = [0, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13]
+    mats[bad] = -mats[bad]
+    calls = []
+
+    def build(dtype):
+        calls.append(dtype)
+        return mats.to(dtype)
+
+    with pytest.raises(SingularCovarianceError) as err:
+        cholesky_float64_retry(build, torch.float64, "M-step matrix of component")
+    assert calls == [torch.float64]
+    assert str(err.value) == (
+        "M-step matrix of component 0, 2, 3, 4, 5, 6, 7, 8, 9, 11 ... (11 of 14) not positive "
+        "definite even in float64."
+    )
+    good = spd(k=3)
+    chol = cholesky_float64_retry(lambda dtype: good.to(dtype), torch.float64)
+    torch.testing.assert_close(chol @ chol.mT, good)

@@ -27,7 +27,8 @@ EM, as pure functions over float64 sufficient statistics:
       x~^T @ [r*(x~ P) | r]  [d,n]x[n,K(l+1)], (x~^2)^T @ r  [d,n]x[n,K].
 * `m_step(stats, gaussians, noise, ...)` turns them into new parameters in closed form:
   Ghahramani & Hinton (1996) for diagonal noise (joint update of [A_k, mu_k]),
-  Tipping & Bishop (1999, appendix C) for isotropic noise. With l = 0 the diagonal
+  Tipping & Bishop (1999, appendix C) for isotropic noise, solving its small SPD systems
+  by Cholesky (no LU: see `gmlab.ops.linalg`). With l = 0 the diagonal
   update is exactly the EM step of a diagonal-covariance GMM. Noise variances are then
   max(estimate + noise_reg, noise_floor) (`noise_reg` = scikit-learn's `reg_covar`; with
   noise_reg > 0 this is a regularised estimate, no longer exact EM).
@@ -48,7 +49,9 @@ from torch import Tensor, nn
 
 from gmlab.distributions.lowrank import LowRankGaussians
 from gmlab.distributions.normal import LOG_2PI
+from gmlab.errors import NonFiniteError
 from gmlab.ops.chunks import chunk_rows
+from gmlab.ops.linalg import cholesky_float64_retry, describe_indices
 
 __all__ = [
     "MixtureOfFactorAnalyzers",
@@ -460,7 +463,13 @@ def m_step(
     Returns float64 tensors: means [K, d], factors [K, d, l], noise_variance [K, d] or
     [K, 1], weights [K], and `reseeded` (bool [K], components re-seeded because their
     responsibility mass was below `min_count`).
+
+    The [K, l+1, l+1] (diagonal) or [K, l, l] (isotropic) systems are symmetric positive
+    definite and solved by Cholesky. Statistics with NaN/inf raise `NonFiniteError`, a
+    system that is not positive definite `SingularCovarianceError`; both name the
+    components, and nothing is solved before the check.
     """
+    _check_finite_stats(stats)
     f64 = torch.float64
     k, d, l = gauss.num_components, gauss.dim, gauss.rank
     shift = gauss.shift.to(f64)
@@ -494,7 +503,8 @@ def m_step(
         g[:, l, l] = s0_raw
         g[empty] = torch.eye(l + 1, dtype=f64, device=s0.device)
         h = torch.cat([sxez, s1.unsqueeze(-1)], dim=2)  # [K, d, l+1]
-        at = h @ torch.linalg.inv(g)  # H G^-1 (a wide batched solve is slow on CPUs)
+        chol_g = _spd_cholesky(lambda _: g, "the M-step's sum_n r_nk E[(z, 1)(z, 1)^T]")
+        at = torch.cholesky_solve(h.transpose(1, 2), chol_g).transpose(1, 2)  # H G^-1
         factors = at[..., :l]
         means = at[..., l]
         var = (s2 - (at * h).sum(-1)) / s0[:, None]
@@ -506,8 +516,12 @@ def m_step(
         sw = t * (sig2 / s0)[:, None, None] - means.unsqueeze(-1) * mw.unsqueeze(1)  # S W
         wsw = w.transpose(1, 2) @ sw
         minv = linv / sig2[:, None, None]  # M^-1 = (sigma^2 I + W^T W)^-1
-        inner = sig2[:, None, None] * eye + minv @ wsw
-        factors = sw @ torch.linalg.inv(inner)
+        # (sigma^2 I + M^-1 W^T S W)^-1 = B^-1 M, with B = sigma^2 M + W^T S W SPD
+        m_mat = sig2[:, None, None] * eye + w.transpose(1, 2) @ w
+        chol_b = _spd_cholesky(
+            lambda _: sig2[:, None, None] * m_mat + wsw, "the M-step's sigma^2 M + W^T S W"
+        )
+        factors = sw @ torch.cholesky_solve(m_mat, chol_b)
         tr_s = s2[:, 0] / s0 - means.square().sum(1)
         var = ((tr_s - ((sw @ minv) * factors).sum((1, 2))) / d)[:, None]
 
@@ -539,6 +553,31 @@ def m_step(
         "weights": weights / weights.sum(),
         "reseeded": reseeded,
     }
+
+
+def _check_finite_stats(stats: SufficientStats) -> None:
+    """`NonFiniteError` naming the components whose statistics hold NaN or inf."""
+    bad = ~stats.s0.isfinite()
+    for s in (stats.s1, stats.s2, stats.t):
+        bad |= ~s.isfinite().flatten(1).all(1)
+    if bool(bad.any()):
+        raise NonFiniteError(
+            f"the EM statistics of component {describe_indices(bad)} hold NaN or inf, so "
+            "the M-step cannot update them. Check the data for NaN/inf values or values "
+            "beyond float32's range."
+        )
+
+
+def _spd_cholesky(build, what: str) -> Tensor:
+    """[K, n, n] Cholesky factors of the M-step's float64 SPD matrices (never an LU: see
+    `gmlab.ops.linalg`); `SingularCovarianceError` names the failing components."""
+    return cholesky_float64_retry(
+        build,
+        torch.float64,
+        what=f"{what} of component",
+        remedy="Its statistics are degenerate: raise the noise floor or lower the latent "
+        "dimension.",
+    )
 
 
 # ------------------------------------------------------------- initialisation

@@ -18,7 +18,7 @@ from gmlab.distributions.mfa import (
     init_rnd_samples,
     m_step,
 )
-from gmlab.errors import ConfigError, SingularCovarianceError
+from gmlab.errors import ConfigError, NonFiniteError, SingularCovarianceError
 from gmlab.models.base import GenerativeModel, image_grid
 
 INITS = ("kmeans", "rnd_samples")
@@ -391,9 +391,20 @@ class MFAModel(MFABase):
             stats.load_flat(vec[:-1])
             self._log_det_sum = vec[-1]
             self._gather_worst(stats)
-        new = m_step(
-            stats, self._gauss, hp.noise, hp.noise_floor, hp.reseed_below, noise_reg=hp.noise_reg
-        )
+        try:
+            new = m_step(
+                stats,
+                self._gauss,
+                hp.noise,
+                hp.noise_floor,
+                hp.reseed_below,
+                noise_reg=hp.noise_reg,
+            )
+        except (NonFiniteError, SingularCovarianceError) as exc:
+            raise type(exc)(
+                f"M-step of EM pass {self.current_epoch + 1} (epoch {self.current_epoch}): {exc} "
+                "Options: model.noise_floor, model.noise_reg, model.n_factors."
+            ) from exc
         reseeded = int(new.pop("reseeded").sum())
         self.mixture.set_params(**new)
         self._gauss = None
