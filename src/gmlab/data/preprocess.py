@@ -65,6 +65,17 @@ class Preprocessor:
         num_levels: integer levels of the raw data (256 for 8-bit images); None for
             continuous data.
         logit_alpha: the logit's squeeze of the unit interval, 0 < alpha < 0.5.
+
+    Bin centres on [-1, 1]: y = 2 (x + 1/2) / 256 - 1, log-det D ln 2 (here D = 4):
+
+    >>> import torch
+    >>> pixels = torch.tensor([[0, 64, 128, 255]], dtype=torch.uint8)
+    >>> pre = Preprocessor(dequantize=False, scale="symmetric")
+    >>> y, log_det = pre(pixels)
+    >>> y, log_det
+    (tensor([[-0.9961, -0.4961,  0.0039,  0.9961]]), tensor([2.7726]))
+    >>> pre.to_pixels(y)
+    tensor([[  0.,  64., 128., 255.]])
     """
 
     def __init__(

@@ -228,6 +228,17 @@ def lowrank_log_prob(
     Returns:
         [N, K] log N(x_n; mu_k, A_k A_k^T + D_k), differentiable in every argument.
         Cost O(N d K (l + 2)) in three matrix products; memory O(chunk K l).
+
+    The same values as torch's dense `MultivariateNormal`:
+
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> x, means = torch.randn(5, 3), torch.randn(2, 3)
+    >>> factors, log_noise = torch.randn(2, 3, 1), torch.randn(2, 3)
+    >>> cov = factors @ factors.mT + torch.diag_embed(log_noise.exp())
+    >>> reference = torch.distributions.MultivariateNormal(means, cov).log_prob(x[:, None])
+    >>> torch.allclose(lowrank_log_prob(x, means, factors, log_noise), reference, atol=1e-5)
+    True
     """
     return LowRankGaussians.from_params(means, factors, log_noise).log_prob(x, chunk_size)
 

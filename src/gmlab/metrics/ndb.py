@@ -141,6 +141,16 @@ class NDB:
 
     After `fit(train)`: `centers_` [K, d_used], `train_proportions_` [K], `num_train_`,
     `dims_` (LongTensor of used dimensions, or None for all), `mean_`/`std_` (whitening).
+
+    A sample against itself has no different bin; one that drops a mode, every bin:
+
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> train = torch.cat([torch.randn(500, 2) - 5, torch.randn(500, 2) + 5])
+    >>> ndb = NDB(num_bins=10).fit(train)
+    >>> same = ndb.evaluate(train)
+    >>> same["ndb"], same["js"], ndb.evaluate(train[:500])["ndb_over_k"]
+    (0, 0.0, 1.0)
     """
 
     def __init__(

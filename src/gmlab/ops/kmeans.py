@@ -252,6 +252,15 @@ def kmeans(
         centers [k, d] (x's working dtype) and labels [N] int64, with labels the nearest
         center of each row under the returned centers. Duplicated points or k larger than
         the number of distinct points give duplicated centers and empty clusters, never NaN.
+
+    >>> import torch
+    >>> x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [10.0, 10.0], [10.0, 11.0]])
+    >>> centers, labels = kmeans(x, 2, seed=0)
+    >>> centers[centers[:, 0].argsort()], torch.bincount(labels)
+    (tensor([[ 0.0000,  0.5000],
+            [10.0000, 10.5000]]), tensor([2, 2]))
+    >>> assign(torch.tensor([[1.0, 1.0]]), centers)[1]  # squared distance to (0, 0.5)
+    tensor([1.2500])
     """
     x = _check_x(x)
     _check_k(x, k)

@@ -82,7 +82,19 @@ def load_model(
     checked against `gmlab.utils.trust` before anything is built; `trusted_targets`
     (module prefixes) allows more, for a file the caller trusts (docs/security.md).
 
-    >>> model = load_model("outputs/train/runs/<run>/checkpoints/last.ckpt")  # doctest: +SKIP
+    A Gaussian trained for one step on 16 rows of 4 pixels, saved and read back:
+
+    >>> import tempfile, torch, lightning as L
+    >>> from gmlab.models import DiagonalGaussian
+    >>> pixels = torch.arange(64, dtype=torch.uint8).reshape(16, 4)
+    >>> model, trainer = DiagonalGaussian(data_shape=[4]), L.Trainer(max_steps=1, logger=False,
+    ...     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    >>> trainer.fit(model, torch.utils.data.DataLoader([(row,) for row in pixels], 16))
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     trainer.save_checkpoint(f"{folder}/last.ckpt")
+    ...     loaded = load_model(f"{folder}/last.ckpt")
+    >>> type(loaded).__name__, torch.equal(loaded.mean, model.mean)
+    ('DiagonalGaussian', True)
     """
     checkpoint = read_checkpoint(path)
     cls = model_class(checkpoint, path, trusted_targets)

@@ -133,7 +133,15 @@ def check_target(target, source: str | Path, key: str, extra: Sequence[str] = ()
 
 def check_stored_config(tree, source: str | Path, key: str = "", extra: Sequence[str] = ()) -> None:
     """Check every `_target_` of a config read from a file, at every depth (dicts and
-    lists), and refuse interpolations; raises `UntrustedFileError` naming the file and key."""
+    lists), and refuse interpolations; raises `UntrustedFileError` naming the file and key.
+
+    >>> check_stored_config({"optimizer": {"_target_": "torch.optim.Adam"}}, "a.ckpt")
+    >>> check_stored_config({"prior": {"_target_": "numpy.load"}}, "a.ckpt")
+    Traceback (most recent call last):
+    gmlab.errors.UntrustedFileError: a.ckpt: prior._target_ names 'numpy.load', which is outside...
+    >>> with trusting(["numpy."]):  # the user's opt-in: trusted_targets=[numpy.]
+    ...     check_stored_config({"prior": {"_target_": "numpy.load"}}, "a.ckpt")
+    """
     if isinstance(tree, Mapping):
         for name, value in tree.items():
             path = f"{key}.{name}" if key else str(name)

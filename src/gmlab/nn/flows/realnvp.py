@@ -40,6 +40,22 @@ def build_realnvp(
         norm: after every coupling: "batch" (the paper's), "act" or None.
         net_norm: "batch" also puts batch norm inside the s/t nets; None: weight norm alone.
         channels_last: channels-last convolutions (faster on CPU with oneDNN).
+
+    The flow inverts itself, and its log-det is that of the brute-force Jacobian:
+
+    >>> import torch
+    >>> from torch.autograd.functional import jacobian
+    >>> _ = torch.manual_seed(0)
+    >>> flow = build_realnvp((1, 4, 4), num_blocks=1, filters=8, norm=None).double()
+    >>> for p in flow.parameters():  # random weights: a fresh flow's couplings are identities
+    ...     _ = p.data.normal_(0, 0.1)
+    >>> x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    >>> z, log_det = flow(x)
+    >>> torch.allclose(flow.inverse(z)[0], x)
+    True
+    >>> J = jacobian(lambda v: flow(v)[0], x[:1]).reshape(16, 16)  # dz/dx of one image
+    >>> torch.allclose(log_det[0], torch.linalg.slogdet(J).logabsdet)
+    True
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
