@@ -58,6 +58,17 @@ def test_stale_locks_are_taken_over_and_live_ones_are_not(tmp_path):
         lock.release()
 
 
+def test_a_requeued_slurm_job_takes_over_from_its_killed_run_on_another_node(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    write_lock(tmp_path / "mine", host="node1", pid=1, heartbeat=now_iso(), slurm_job="4242")
+    write_lock(tmp_path / "other", host="node1", pid=1, heartbeat=now_iso(), slurm_job="4243")
+    for name, taken in (("mine", True), ("other", False)):
+        lock = JobLock(tmp_path / name)
+        assert lock.acquire() is taken, name
+        lock.release()
+
+
 def test_the_holder_beats_its_heartbeat(tmp_path):
     lock = JobLock(tmp_path, heartbeat_s=0.2)
     assert lock.acquire()

@@ -1,12 +1,14 @@
 """One process per run folder: `<run>/job.lock` names its holder and a heartbeat.
 
-The lock file holds `{"host", "pid", "started", "heartbeat", "token"}` (times ISO-8601
-UTC). It is created with `O_CREAT | O_EXCL` (one creator wins, also on NFS), and a thread of
-the holder rewrites its heartbeat every `HEARTBEAT_S` seconds. A lock is stale, and is
-taken over, when its pid is dead on this host or its heartbeat is older than
-`STALE_AFTER_S` (a holder on another host that died, or a frozen file system). A takeover
-happens under the directory `job.lock.takeover` (`mkdir` is atomic), after reading the same
-stale content again, so that two launches cannot both take one stale lock.
+The lock file holds `{"host", "pid", "started", "heartbeat", "token", "slurm_job"}`
+(times ISO-8601 UTC). It is created with `O_CREAT | O_EXCL` (one creator wins, also on NFS),
+and a thread of the holder rewrites its heartbeat every `HEARTBEAT_S` seconds. A lock is
+stale, and is taken over, when its pid is dead on this host, when its heartbeat is older
+than `STALE_AFTER_S` (a holder on another host that died, or a frozen file system), or when
+it names this process's own SLURM job (`slurm_job`: a requeued job, possibly on another
+node, takes over from its killed earlier run at once; SLURM runs one instance of a job). A
+takeover happens under the directory `job.lock.takeover` (`mkdir` is atomic), after reading
+the same stale content again, so that two launches cannot both take one stale lock.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def slurm_job() -> str | None:
+    """This process's SLURM job (`<array job>_<task>` or the job id); None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
 def describe(owner: dict | None) -> str:
     """`host:pid` of a lock's holder."""
     owner = owner or {}
@@ -56,6 +64,7 @@ class JobLock:
             "pid": os.getpid(),
             "started": now_iso(),
             "token": uuid.uuid4().hex,  # tells two locks of one process apart
+            "slurm_job": slurm_job(),
         }
         self.holder: dict | None = None
         self._stop = threading.Event()
@@ -81,6 +90,8 @@ class JobLock:
                 return True
         if owner.get("host") == self.me["host"] and not _pid_alive(int(owner.get("pid", -1))):
             return True
+        if self.me["slurm_job"] and owner.get("slurm_job") == self.me["slurm_job"]:
+            return owner.get("token") != self.me["token"]
         try:
             return time.time() - iso_seconds(owner["heartbeat"]) > self.stale_after_s
         except (KeyError, TypeError, ValueError):
