@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.gmlab-installed
 ARGS   ?=
 
-.PHONY: install train test bench lint format tensorboard clean
+.PHONY: install train test test-fast bench lint format tensorboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,9 +18,15 @@ install: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/gmlab-train $(ARGS)
 
-## test: the whole suite (CPU only, no network, no ../shared)
+## test: the whole suite, as CI runs it (CPU only, no network, no ../shared); prints the 15
+## slowest tests
 test: $(STAMP)
-	$(VENV)/bin/pytest -q $(ARGS)
+	$(VENV)/bin/pytest -q --durations=15 $(ARGS)
+
+## test-fast: the unit tests, for the edit loop: the suite without the tests marked slow, cli
+## (console scripts in subprocesses) or integration (tests/conftest.py); about a minute on 2 cores
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow and not cli and not integration" --durations=5 $(ARGS)
 
 ## bench: speed and memory ratios, printed side by side
 bench: $(STAMP)

@@ -107,6 +107,39 @@ def pytest_terminal_summary(terminalreporter, config):
         report.line("\n".join(f"  {path}" for path in files))
 
 
+# Test modules of seconds per test, left out of `make test-fast` (marked `integration`):
+# model families trained end to end, every preset built, DDP and SLURM launches, console
+# scripts started by module fixtures. Paths relative to tests/; a folder ends in "/".
+INTEGRATION = (
+    "models/",
+    "slurm/",
+    "ood/test_eval_ood.py",
+    "report/test_report_errors.py",
+    "test_benchmarks.py",
+    "test_cli_errors.py",
+    "test_configs.py",
+    "test_eval_sample_quality.py",
+    "test_loggers.py",
+    "test_lr_schedule.py",
+    "test_metric_kinds.py",
+    "test_train_api.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items):
+    """Mark the tests that run the console scripts in subprocesses (the run_env fixture)
+    `cli` and those of the INTEGRATION modules `integration`."""
+    for item in items:
+        if "run_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cli)
+        path = item.path
+        if path.is_relative_to(TESTS) and path.relative_to(TESTS).as_posix().startswith(
+            INTEGRATION
+        ):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture
 def run_env(tmp_path):
     """Environment for subprocess runs of the CLI: tests/ importable, and paths.root_dir
