@@ -9,7 +9,7 @@ ARGS   ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,sweeps]"
+	$(PY) -m pip install -q -e ".[dev,sweeps,loggers]"
 	touch $(STAMP)
 
 install: $(STAMP)
