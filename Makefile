@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(VENV)/bin/pytest -q --durations=15 $(ARGS)
 
 ## test-fast: the unit tests, for the edit loop: the suite without the tests marked slow, cli
-## (console scripts in subprocesses) or integration (tests/conftest.py); about a minute on 2 cores
+## (console scripts in subprocesses) or integration (tests/conftest.py); about 1.5 minutes on 2 cores
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow and not cli and not integration" --durations=5 $(ARGS)
 
