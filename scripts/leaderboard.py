@@ -14,7 +14,8 @@ sample-quality scores is a board job too (`experiment=features_mnist` into <out>
 and every finished job is then evaluated with `gmlab-eval ... sample_quality=mnist` into
 <out>/sample_quality/<name>/<job> (skipped when done). Then `gmlab-report <out>` writes
 <out>/report/report.md, report.csv and the val/bpd curves: test bpd beside FD, precision,
-recall, coverage and NDB/K. Exit status 1 when a run failed.
+recall, coverage and NDB/K, and bpd_fd.png (test bpd against FD, a point per family).
+Exit status 1 when a run failed.
 Trailing OVERRIDEs go to every run, e.g. `data.cache_dir=/tmp/cache` when the data folder
 is read-only (keys that gmlab-report ignores, or the groups split). LEADERBOARD_SMOKE=1
 cuts every run to a few batches (`debug=limit`, 2 seeds, IWAE k=2) into
@@ -167,6 +168,39 @@ def run_vq_stage2(out: Path, seeds: list[int], more: list[str]) -> int:
     return failed
 
 
+def plot_bpd_against_fd(report_csv: Path, png: Path) -> bool:
+    """One point per report row that has both a test bpd and an FD, labelled by its preset
+    (likelihood on x, sample quality on y: the two axes Theis et al. 2016 show can
+    disagree); False when no row has both."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = []
+    for row in csv.DictReader(report_csv.open()):
+        bpd, fd = row.get("test/bpd mean"), row.get("sample_quality/fd mean")
+        if bpd and fd:
+            label = row["overrides"].replace("experiment=", "").replace("_mnist_board", "")
+            points.append((float(bpd), float(fd), label))
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for bpd, fd, label in points:
+        ax.scatter(bpd, fd, color="tab:blue")
+        ax.annotate(label, (bpd, fd), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("test bits/dim (lower is better)")
+    ax.set_ylabel("Fréchet distance on classifier features (lower is better)")
+    ax.set_yscale("log")
+    ax.set_title("MNIST: likelihood against sample quality")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def main() -> int:
     smoke = os.environ.get("LEADERBOARD_SMOKE", "") not in ("", "0")
     default_out = ROOT / "outputs" / ("leaderboard_smoke" if smoke else "leaderboard")
@@ -204,6 +238,9 @@ def main() -> int:
     columns = ",".join(["test/bpd", *(f"sample_quality/{s}" for s in SCORES)])
     report = [str(args.out), "--metrics", columns, "--sort", "test/bpd", "--curves", "val/bpd"]
     subprocess.run([sys.executable, "-m", "gmlab.report.cli", *report], cwd=ROOT, check=False)
+    report_csv = args.out / "report" / "report.csv"
+    if report_csv.is_file() and plot_bpd_against_fd(report_csv, args.out / "report" / "bpd_fd.png"):
+        print(f"wrote {args.out / 'report' / 'bpd_fd.png'}", flush=True)
     if smoke:
         print("LEADERBOARD_SMOKE: a few batches per run; these numbers are not results.")
     return 1 if failed else 0

@@ -79,3 +79,34 @@ def test_seed_lists_honour_the_preset_count_the_smoke_cap_and_max_seeds():
     assert board.seeds_of(3, smoke=True) == [1, 2]
     assert board.seeds_of(3, smoke=False, most=1) == [1]
     assert board.seeds_of(1, smoke=False, most=3) == [1]  # RealNVP's single seed stays one
+
+
+def test_the_bpd_against_fd_picture_has_a_labelled_point_per_row_with_both(tmp_path, monkeypatch):
+    """Rows of gmlab-report's CSV with a test bpd and an FD become labelled points; a row
+    without an FD (a family that cannot sample) is left out; no such row: no picture."""
+    import matplotlib.axes
+
+    board = load_script()
+    header = "model,overrides,test/bpd mean,sample_quality/fd mean\n"
+    csv = tmp_path / "report.csv"
+    csv.write_text(
+        header
+        + "mfa,experiment=mfa_mnist_board,3.79,120.5\n"
+        + "vae,experiment=vae_mnist_board,1.54,8.25\n"
+        + "vqvae,experiment=vqvae_mnist_board,1.69,\n"
+    )
+    labels = []
+    real_annotate = matplotlib.axes.Axes.annotate
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "annotate",
+        lambda self, text, xy, **kw: (
+            labels.append((text, xy)) or real_annotate(self, text, xy, **kw)
+        ),
+    )
+    png = tmp_path / "bpd_fd.png"
+    assert board.plot_bpd_against_fd(csv, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert labels == [("mfa", (3.79, 120.5)), ("vae", (1.54, 8.25))]
+    csv.write_text(header + "vqvae,experiment=vqvae_mnist_board,1.69,\n")
+    assert not board.plot_bpd_against_fd(csv, tmp_path / "none.png")
