@@ -13,9 +13,10 @@ import sys
 import warnings
 from collections.abc import Callable
 
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import gmlab.utils.launcher  # noqa: F401 - registers the SLURM launcher's resolvers
 from gmlab.errors import ConfigError, GmlabError
@@ -150,8 +151,8 @@ def check_command_line(config_name: str, argv: list[str], conf: str) -> list[str
         loader = GlobalHydra.instance().config_loader()
         try:
             parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)
-        except HydraException as exc:
-            raise ConfigError(str(exc)) from None
+        except OverrideParseException as exc:
+            raise ConfigError(f"cannot read the override {exc.override}: {exc}") from None
         sweeps = any(override.is_sweep_override() for override in parsed)
         multirun = args.multirun or (sweeps and _mode(loader, name, overrides) == RunMode.MULTIRUN)
         for label, job in _jobs(loader, parsed) if multirun else [("", overrides)]:
@@ -160,7 +161,12 @@ def check_command_line(config_name: str, argv: list[str], conf: str) -> list[str
     if args.cfg is None:
         sweep = multirun or cfg.hydra.mode == RunMode.MULTIRUN
         folder = "hydra.sweep.dir" if sweep else "hydra.run.dir"
-        check_output_dir(OmegaConf.select(cfg, folder), folder)
+        try:
+            path = OmegaConf.select(cfg, folder)
+        except OmegaConfBaseException:  # `${hydra:...}` resolves only inside Hydra's run
+            path = None
+        if path:
+            check_output_dir(path, folder)
     return [forced.get(arg, arg) for arg in argv]
 
 

@@ -51,7 +51,11 @@ TRAIN_RULES: tuple[tuple[str, Callable[[object], bool], str], ...] = (
         "a positive integer, or -1 (no limit) with trainer.max_steps or trainer.max_time",
     ),
     ("trainer.max_steps", lambda v: _positive(v) or v == -1, "a positive integer or -1 (none)"),
-    ("trainer.check_val_every_n_epoch", lambda v: v is None or _positive(v), "a positive integer"),
+    (
+        "trainer.check_val_every_n_epoch",
+        lambda v: v is None or _positive(v),
+        "a positive integer or null",
+    ),
     ("trainer.log_every_n_steps", _positive, "a positive integer"),
 )
 
