@@ -180,6 +180,8 @@ def test_other_composition_errors_keep_hydra_s_words_in_one_paragraph(tmp_path):
     assert "Config search path" not in str(e.value)
     with pytest.raises(ConfigError, match="Ambiguous value for argument 'seed=1,2'"):
         check_command_line("train", ["seed=1,2"], CONF)
+    with pytest.raises(ConfigError, match=r"cannot read the override a=\[1,2: no viable"):
+        check_command_line("train", ["seed=3", "a=[1,2"], CONF)
 
 
 def test_realnvp_refuses_a_second_clipping_setting():
