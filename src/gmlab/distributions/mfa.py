@@ -496,6 +496,7 @@ def m_step(
             + s0_raw[:, None, None] * a.unsqueeze(-1) * a.unsqueeze(1)
         )
         sezz = s0_raw[:, None, None] * linv + linv @ q0 @ linv  # sum r E[z z^T]
+        sezz = 0.5 * (sezz + sezz.transpose(1, 2))  # t is a float32 sum: not exactly symmetric
         g = torch.zeros(k, l + 1, l + 1, dtype=f64, device=s0.device)
         g[:, :l, :l] = sezz
         g[:, :l, l] = sez
@@ -504,7 +505,9 @@ def m_step(
         g[empty] = torch.eye(l + 1, dtype=f64, device=s0.device)
         h = torch.cat([sxez, s1.unsqueeze(-1)], dim=2)  # [K, d, l+1]
         chol_g = _spd_cholesky(lambda _: g, "the M-step's sum_n r_nk E[(z, 1)(z, 1)^T]")
-        at = torch.cholesky_solve(h.transpose(1, 2), chol_g).transpose(1, 2)  # H G^-1
+        # H G^-1 through the small inverse: one GEMM, 2-4x faster on CPUs than the
+        # triangular solves of cholesky_solve with d right-hand sides
+        at = h @ torch.cholesky_inverse(chol_g)
         factors = at[..., :l]
         means = at[..., l]
         var = (s2 - (at * h).sum(-1)) / s0[:, None]
@@ -515,6 +518,7 @@ def m_step(
         mw = torch.einsum("kd,kdl->kl", means, w)
         sw = t * (sig2 / s0)[:, None, None] - means.unsqueeze(-1) * mw.unsqueeze(1)  # S W
         wsw = w.transpose(1, 2) @ sw
+        wsw = 0.5 * (wsw + wsw.transpose(1, 2))  # symmetric up to the float32 rounding of t
         minv = linv / sig2[:, None, None]  # M^-1 = (sigma^2 I + W^T W)^-1
         # (sigma^2 I + M^-1 W^T S W)^-1 = B^-1 M, with B = sigma^2 M + W^T S W SPD
         m_mat = sig2[:, None, None] * eye + w.transpose(1, 2) @ w
