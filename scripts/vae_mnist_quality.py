@@ -27,6 +27,7 @@ import torch
 import torchvision
 
 from gmlab.data import MNISTDataModule
+from gmlab.models import compat
 from gmlab.models.vae import VAE
 
 PRIORS = {
@@ -89,7 +90,7 @@ def train(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     run = Path(args.run_dir)
     cfg = json.loads((run / "config.json").read_text())["cfg"]
-    model = VAE(**VAE.migrate_hparams(cfg, 0))  # also runs written with the flat options
+    model = VAE(**compat.vae(cfg, 0))  # also runs written with gmlab 0.1's flat options
     model.load_state_dict(torch.load(run / "model.pt", weights_only=True))
     model.eval()
     x_test = torchvision.datasets.MNIST(args.root, train=False).data.unsqueeze(1)

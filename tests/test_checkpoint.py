@@ -1,7 +1,8 @@
 """The `Checkpoint` callback: `last.ckpt` follows training even when the metric worsens,
 and holds the final weights when training stops between validations. `load_model` on
-checkpoints of the flat-option layout (tests/fixtures/checkpoints_v0): their hyperparameters
-are migrated and the models reproduce the values the old code computed."""
+checkpoints written by gmlab 0.1 (tests/fixtures/checkpoints_v0, `gmlab.models.compat`):
+their hyperparameters are converted and the models reproduce the values the old code
+computed."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from support.parts import part
 
 from gmlab.callbacks import Checkpoint
 from gmlab.data import DigitsDataModule
+from gmlab.errors import CheckpointMismatchError, ConfigError
+from gmlab.models import compat
 from gmlab.models.gaussian import DiagonalGaussian
 from gmlab.models.gmm_classifier import GMMClassifier
 from gmlab.models.realnvp import RealNVP
+from gmlab.models.vqvae import VQVAE
 from gmlab.utils.checkpoint import load_model
 
 
@@ -134,7 +139,7 @@ def test_flat_option_checkpoints_load_and_reproduce_their_values(reference_batch
 def test_migrated_hyperparameters_keep_their_meaning():
     """The old flat options name the same optimizer, schedule and flow as today's parts."""
     gmm = torch.load(FIXTURES / "gmm.ckpt", weights_only=True)["hyper_parameters"]
-    hp = GMMClassifier.migrate_hparams(dict(gmm), 0)
+    hp = compat.gmm_classifier(dict(gmm), 0)
     assert hp["optimizer"]["_target_"] == "torch.optim.Adadelta"
     assert (hp["optimizer"]["lr"], hp["optimizer"]["weight_decay"]) == (
         gmm["lr"],
@@ -145,17 +150,17 @@ def test_migrated_hyperparameters_keep_their_meaning():
         gmm["lr_gamma"],
         "epoch",
     )
-    assert GMMClassifier.migrate_hparams({**gmm, "lr_gamma": None}, 0)["lr_scheduler"] is None
-    sgd = GMMClassifier.migrate_hparams({**gmm, "optimizer": "sgd"}, 0)["optimizer"]
+    assert compat.gmm_classifier({**gmm, "lr_gamma": None}, 0)["lr_scheduler"] is None
+    sgd = compat.gmm_classifier({**gmm, "optimizer": "sgd"}, 0)["optimizer"]
     assert sgd["_target_"] == "torch.optim.SGD" and sgd["momentum"] == 0.9
 
     flat = torch.load(FIXTURES / "realnvp.ckpt", weights_only=True)["hyper_parameters"]
-    hp = RealNVP.migrate_hparams(dict(flat), 0)
+    hp = compat.realnvp(dict(flat), 0)
     flow_keys = {"num_scales", "num_blocks", "filters", "alpha", "norm", "channels_last"}
     assert {k: hp["flow"][k] for k in flow_keys} == {k: flat[k] for k in flow_keys}
     assert not flow_keys & set(hp)
     assert hp["lr_scheduler"]["_target_"] == "gmlab.utils.lr_schedule.WarmupStableDecay"
-    assert RealNVP.migrate_hparams(hp, RealNVP.checkpoint_version) == hp  # current: unchanged
+    assert compat.realnvp(hp, RealNVP.checkpoint_version) == hp  # current: unchanged
 
 
 def test_new_checkpoints_record_their_version(tmp_path):
@@ -168,3 +173,68 @@ def test_new_checkpoints_record_their_version(tmp_path):
         "version": DiagonalGaussian.checkpoint_version,
     }
     assert isinstance(load_model(tmp_path / "last.ckpt"), DiagonalGaussian)
+
+
+def test_every_registered_conversion_names_a_class_that_raised_its_version():
+    """The registry's keys are the names checkpoints record; each class is importable under
+    its name and has a version to convert to (a renamed class would orphan its entry)."""
+    for name in compat.HPARAMS:
+        module, _, qualname = name.rpartition(".")
+        cls = getattr(__import__(module, fromlist=[qualname]), qualname)
+        assert f"{cls.__module__}.{cls.__qualname__}" == name
+        assert compat.current_version(name) == cls.checkpoint_version >= 1
+
+
+def test_a_current_checkpoint_passes_the_upgrade_unchanged():
+    """(Converted as version 0, RealNVP's options would lose their flow.)"""
+    flow = {"_target_": "gmlab.nn.flows.build_realnvp", "num_scales": 1, "num_blocks": 1}
+    model = RealNVP([1, 8, 8], flow={**flow, "filters": 4})
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    hparams, info = dict(checkpoint["hyper_parameters"]), dict(checkpoint["gmlab"])
+    compat.upgrade_checkpoint(checkpoint)
+    assert checkpoint["hyper_parameters"] == hparams and checkpoint["gmlab"] == info
+    assert checkpoint["state_dict"].keys() == model.state_dict().keys()
+
+
+def vqvae_checkpoint_of_version_one(model: VQVAE, likelihood: str) -> dict:
+    """`model` as gmlab 0.1 saved it in its last layout: the likelihood by name, version 1."""
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    checkpoint["hyper_parameters"]["likelihood"] = likelihood
+    checkpoint["gmlab"]["version"] = 1
+    return checkpoint
+
+
+@pytest.mark.parametrize("name", ["discretized_logistic", "gaussian_fixed"])
+def test_a_vqvae_that_named_its_likelihood_loads_with_that_likelihood(tmp_path, name):
+    """Before the likelihood group, conf/model/vqvae.yaml passed a name: the file loads with
+    the likelihood of that name and computes what the model did."""
+    likelihood = part("likelihood", name)
+    torch.manual_seed(0)
+    model = VQVAE((1, 8, 8), likelihood=likelihood, num_codes=4, code_dim=2, hidden=4).eval()
+    torch.save(vqvae_checkpoint_of_version_one(model, name), tmp_path / "v1.ckpt")
+    loaded = load_model(tmp_path / "v1.ckpt").eval()
+    assert loaded.hparams.likelihood["_target_"] == likelihood["_target_"]
+    x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    values = []
+    for each in (loaded, model):
+        torch.manual_seed(1)  # the same dequantization noise
+        with torch.no_grad():
+            values.append(each.log_likelihood(x))
+    torch.testing.assert_close(*values)
+
+
+def test_an_unknown_likelihood_name_is_a_config_error_naming_the_choices(tmp_path):
+    model = VQVAE((1, 8, 8), num_codes=4, code_dim=2, hidden=4)
+    torch.save(vqvae_checkpoint_of_version_one(model, "poisson"), tmp_path / "v1.ckpt")
+    with pytest.raises(ConfigError, match="unknown model.likelihood 'poisson'.*bernoulli"):
+        load_model(tmp_path / "v1.ckpt")
+
+
+def test_a_damaged_old_checkpoint_is_a_checkpoint_error(tmp_path):
+    raw = torch.load(FIXTURES / "gmm.ckpt", weights_only=True)
+    raw["hyper_parameters"]["optimizer"] = "rmsprop"  # no such name in gmlab 0.1
+    torch.save(raw, tmp_path / "gmm.ckpt")
+    with pytest.raises(CheckpointMismatchError, match="written by an older gmlab: KeyError"):
+        load_model(tmp_path / "gmm.ckpt")

@@ -14,6 +14,7 @@ from support.cli import gmlab
 from gmlab.errors import UntrustedFileError
 from gmlab.models.gaussian import DiagonalGaussian
 from gmlab.models.mfa_finetune import MFAFinetune
+from gmlab.models.realnvp import RealNVP
 from gmlab.models.vae import VAE
 from gmlab.utils.checkpoint import load_model
 from gmlab.utils.trust import check_stored_config, trusting
@@ -110,6 +111,21 @@ def test_the_torch_optimizers_and_schedulers_of_the_presets_are_allowed(tmp_path
         "data": DIGITS,
     }
     check_stored_config(allowed, "file")  # no error
+
+
+def test_a_payload_that_the_conversion_of_an_old_checkpoint_moves_is_still_refused(tmp_path):
+    """gmlab 0.1 wrote RealNVP's flow options flat; `gmlab.models.compat` moves them into
+    the flow part, and the trust check runs on the converted hyperparameters."""
+    marker = tmp_path / "written.txt"
+    flow = {"_target_": "gmlab.nn.flows.build_realnvp", "num_scales": 1, "num_blocks": 1}
+    model = RealNVP([1, 8, 8], flow={**flow, "filters": 4})
+    path = save(model, tmp_path / "evil.ckpt", filters=savetxt_then_load(marker))
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["hyper_parameters"]["flow"], checkpoint["gmlab"]["version"]  # gmlab 0.1
+    torch.save(checkpoint, path)
+    with pytest.raises(UntrustedFileError, match=r"hyper_parameters\.flow\.filters\._target_"):
+        load_model(path)
+    assert not marker.exists()
 
 
 def test_an_interpolation_in_a_stored_config_is_refused(vae, tmp_path):

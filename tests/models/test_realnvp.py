@@ -3,6 +3,7 @@ a short training run, sampling, and weights-only checkpoints written by a Lightn
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import lightning as L
@@ -16,7 +17,7 @@ from torch.autograd.functional import jacobian
 from gmlab.data import DigitsDataModule
 from gmlab.distributions.normal import std_normal_log_prob_flat
 from gmlab.errors import ConfigError, ShapeError
-from gmlab.models.realnvp import FLOW_V0, RealNVP
+from gmlab.models.realnvp import RealNVP
 from gmlab.nn.flows import (
     AffineCoupling,
     BatchNormFlow,
@@ -24,6 +25,7 @@ from gmlab.nn.flows import (
     Flow,
     Squeeze,
     WeightNormConv2d,
+    build_realnvp,
     running_statistics,
 )
 from gmlab.utils.checkpoint import check_compatible, load_model
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 TINY = {"num_blocks": 1, "filters": 8, "channels_last": False}
-FLOW_OPTIONS = set(FLOW_V0)
+FLOW_OPTIONS = set(inspect.signature(build_realnvp).parameters) - {"shape"}
 
 
 def make(shape, lr: float | None = None, **options) -> RealNVP:
@@ -254,8 +256,12 @@ def test_short_training_lowers_test_bpd_and_checkpoint_loads_weights_only(tmp_pa
     assert isinstance(restored, RealNVP)
     assert test_bpd(restored) == pytest.approx(after, abs=1e-5)
 
-    # A checkpoint from before WeightNormConv2d names g, v as torch's weight-norm
-    # parametrization did: it still resumes (check_compatible) and loads to the same model.
+    # gmlab 0.1 wrote the flow's options flat and, before WeightNormConv2d, named g, v as
+    # torch's weight-norm parametrization did: such a file still resumes (check_compatible)
+    # and loads to the same model (gmlab.models.compat).
+    hparams = raw["hyper_parameters"]
+    flow = {k: v for k, v in hparams.pop("flow").items() if k != "_target_"}
+    raw["hyper_parameters"], raw["gmlab"]["version"] = {**hparams, **flow}, 0
     legacy_names = {"weight_g": "original0", "weight_v": "original1"}
     for key in list(raw["state_dict"]):
         stem, _, leaf = key.rpartition(".")

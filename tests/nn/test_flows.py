@@ -24,7 +24,6 @@ from gmlab.nn.flows import (
     WeightNormConv2d,
     checkerboard,
     recalibrate_batch_norm,
-    rename_legacy_weight_norm_keys,
     running_statistics,
     squeeze2d,
 )
@@ -346,16 +345,19 @@ def test_averaging_two_recalibrations_equals_one_over_all_their_batches():
 
 def test_weight_norm_conv_matches_torch_parametrization_and_pickles():
     """WeightNormConv2d against torch.nn.utils.parametrizations.weight_norm on the same
-    g, v (the parametrization's state dict through `rename_legacy_weight_norm_keys`):
-    same outputs and gradients; unlike the parametrized conv it survives pickling."""
+    g, v (the parametrization's `original0`, `original1`): same outputs and gradients;
+    unlike the parametrized conv it survives pickling."""
     torch.manual_seed(3)
     conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv2d(3, 5, 3, padding=1))
     with torch.no_grad():
         conv.parametrizations.weight.original0.mul_(torch.rand(5, 1, 1, 1) + 0.5)
     theirs = torch.nn.Sequential(conv, torch.nn.ReLU())
-    state = theirs.state_dict()
-    rename_legacy_weight_norm_keys(state)
-    assert list(state) == ["0.bias", "0.weight_g", "0.weight_v"]
+    theirs_state = theirs.state_dict()
+    state = {
+        "0.bias": theirs_state["0.bias"],
+        "0.weight_g": theirs_state["0.parametrizations.weight.original0"],
+        "0.weight_v": theirs_state["0.parametrizations.weight.original1"],
+    }
     ours = torch.nn.Sequential(WeightNormConv2d(3, 5, 3), torch.nn.ReLU())
     ours.load_state_dict(state)
 

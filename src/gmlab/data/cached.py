@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from gmlab.data import compat
 from gmlab.data.base import InMemoryDataModule
 from gmlab.data.mapped import CacheFileError, read_mapped, write_mapped
 from gmlab.data.split import Split
@@ -54,33 +55,23 @@ def _is_stale(path: Path, made_from: dict[str, int], sources: list[Path]) -> boo
     return False
 
 
-def load_cache(path: Path, sources: list[Path]) -> tuple[torch.Tensor, torch.Tensor] | None:
+def load_cache(
+    path: Path, sources: list[Path], read=read_mapped
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The cached (x memory-mapped, y) at `path`, or None when it is absent, stale or
-    unreadable (see `_is_stale`)."""
+    unreadable (see `_is_stale`). `read(path) -> (x, y, meta)`: the file format."""
     if not path.is_file():
         return None
     try:
-        x, y, meta = read_mapped(path)
-        made_from, ok = meta["sources"], meta.get("format") == CACHE_FORMAT
+        x, y, meta = read(path)
+        made_from = meta["sources"]
+        ok = meta.get("format") == CACHE_FORMAT and len(x) == len(y)
     except (OSError, CacheFileError, KeyError, TypeError) as exc:
         log.warning("cache %s is unreadable (%s): decoding again", path, exc)
         return None
     if not ok or _is_stale(path, made_from, sources):
         return None
     return x, y
-
-
-def load_legacy_cache(path: Path, sources: list[Path]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(x, y) from a cache of the old `torch.save` format (read whole into memory), or
-    None when it is unusable."""
-    try:
-        blob = torch.load(path, weights_only=True)
-        x, y, made_from = blob["x"], blob["y"], blob["sources"]
-        ok = blob.get("format") == CACHE_FORMAT and len(x) == len(y)
-    except Exception as exc:  # noqa: BLE001 - a bad cache is rebuilt, never fatal
-        log.info("old-format cache %s is unreadable (%s): decoding again", path, exc)
-        return None
-    return (x, y) if ok and not _is_stale(path, made_from, sources) else None
 
 
 def save_cache(path: Path, x: torch.Tensor, y: torch.Tensor, sources: list[Path]) -> bool:
@@ -237,11 +228,11 @@ class CachedDataModule(InMemoryDataModule):
             cached = load_cache(cache, sources)
             if cached is not None:
                 return Split(*cached, mapped=True)
-            legacy = cache.with_suffix(".pt")
-            decoded = load_legacy_cache(legacy, sources) if legacy.is_file() else None
+            old = compat.old_cache_path(cache)
+            decoded = load_cache(old, sources, read=compat.read_torch_save)
             if decoded is not None:
-                log.info("converting the old-format cache %s to %s", legacy, cache.name)
-                return self._store(cache, sources, *decoded, legacy=legacy)
+                log.info("converting the old-format cache %s to %s", old, cache.name)
+                return self._store(cache, sources, *decoded, replaces=old)
         x, y = self._decode(split)
         return self._store(cache, sources, x, y) if self.cache else Split(x, y)
 
@@ -251,15 +242,15 @@ class CachedDataModule(InMemoryDataModule):
         sources: list[Path],
         x: torch.Tensor,
         y: torch.Tensor,
-        legacy: Path | None = None,
+        replaces: Path | None = None,
     ) -> Split:
         """Write the cache and map it (the decoded tensors are dropped); (x, y) in memory
-        when it cannot be written. A converted old-format cache is deleted."""
+        when it cannot be written. Once written, the file it `replaces` is deleted."""
         if not save_cache(cache, x, y, sources):
             return Split(x, y)
-        if legacy is not None:
+        if replaces is not None:
             with contextlib.suppress(OSError):
-                legacy.unlink()
+                replaces.unlink()
         return Split(*read_mapped(cache)[:2], mapped=True)
 
     def _decode(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:

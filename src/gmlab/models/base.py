@@ -21,13 +21,11 @@ from gmlab.data.preprocess import Preprocessor
 from gmlab.distributions.likelihoods import EventSpace, Likelihood
 from gmlab.errors import ConfigError, NonFiniteError, ShapeError
 from gmlab.metrics.bpd import bits_per_dim, nats_to_bits
-from gmlab.models.legacy import likelihood_spec
 from gmlab.models.parts import build_part
 from gmlab.utils.metric_kinds import BY_NAME, kind, stage_kinds
 
 # keys of an lr_scheduler config that are Lightning's, not the scheduler's
 SCHEDULER_LOOP_KEYS = ("interval", "frequency")
-WSD = "gmlab.utils.lr_schedule.WarmupStableDecay"
 
 
 def build_optimization(
@@ -99,19 +97,6 @@ def check_fused_clipping(
         )
 
 
-def flat_optimizer_hparams(hparams: dict, optimizer: str = "torch.optim.Adam") -> dict:
-    """Migration of checkpoints written before the optimizer parts: a flat `lr` (and the
-    `lr_schedule` warm-up/stable/decay options) become `optimizer` and `lr_scheduler`
-    configs with the same meaning. Other keys are kept."""
-    hp = dict(hparams)
-    if "lr" in hp and "optimizer" not in hp:
-        hp["optimizer"] = {"_target_": optimizer, "_partial_": True, "lr": hp.pop("lr")}
-    if "lr_schedule" in hp:
-        schedule = hp.pop("lr_schedule") or {}
-        hp["lr_scheduler"] = {"_target_": WSD, "_partial_": True, "interval": "step", **schedule}
-    return hp
-
-
 def check_batch_shape(model: L.LightningModule, x: torch.Tensor, shape: tuple[int, ...]) -> None:
     """Raise `ShapeError` unless `x` is a batch [B, *shape]."""
     if tuple(x.shape[1:]) != tuple(shape):
@@ -131,20 +116,13 @@ class GmlabModule(L.LightningModule, abc.ABC):
     Optimization: a model whose hyperparameters hold `optimizer` (and `lr_scheduler`) part
     configs gets them built by `configure_optimizers` over `optimizer_parameters()`.
 
-    Old checkpoints: a class whose constructor options change raises `checkpoint_version`
-    and turns older hyperparameters into current ones in `migrate_hparams`;
-    `gmlab.utils.checkpoint.load_model` calls it before building the model.
+    `checkpoint_version`: recorded in every checkpoint; a class raises it when its
+    constructor options change, and `gmlab.models.compat` converts the older files.
     """
 
     monitor: str = "val/bpd"
     monitor_mode: str = "min"
     checkpoint_version: int = 0
-
-    @classmethod
-    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
-        """Hyperparameters saved by this class at `checkpoint_version` `version` (0: before
-        versions were recorded) -> the current constructor's. Default: unchanged."""
-        return hparams
 
     @abc.abstractmethod
     def training_step(self, batch, batch_idx: int):
@@ -291,10 +269,10 @@ class GenerativeModel(GmlabModule):
         (`Preprocessor.to_pixels`: pixels for integer data, continuous points as they are)."""
         return self.preprocess.to_pixels(x.reshape(-1, *self.data_shape))
 
-    def build_likelihood(self, spec) -> Likelihood:
-        """The decoder likelihood from its part dict (`conf/model/likelihood/`; an old
-        checkpoint's name is converted), given the data's `EventSpace`: the model-space range
-        and the number of levels (the discretized logistic's bins)."""
+    def build_likelihood(self, spec: Mapping) -> Likelihood:
+        """The decoder likelihood from its part dict (`conf/model/likelihood/`), given the
+        data's `EventSpace`: the model-space range and the number of levels (the discretized
+        logistic's bins)."""
         bounds = self.preprocess.bounds
         if bounds is None:
             raise ConfigError(
@@ -303,7 +281,7 @@ class GenerativeModel(GmlabModule):
                 "dequantize_unit or dequantize_symmetric"
             )
         space = EventSpace(len(self.data_shape), *bounds, self.preprocess.num_levels or 256)
-        return build_part(likelihood_spec(spec), "likelihood", space=space)
+        return build_part(spec, "likelihood", space=space)
 
     def bits_per_dim(self, x_raw: torch.Tensor) -> torch.Tensor:
         """[B] bits/dim on the shared convention (log-pmf -> bits for binarized data)."""

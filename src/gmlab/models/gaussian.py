@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from gmlab.distributions.normal import LOG_2PI
-from gmlab.models.base import GenerativeModel, flat_optimizer_hparams
+from gmlab.models.base import GenerativeModel
+from gmlab.models.parts import preset_part
 
 
 class DiagonalGaussian(GenerativeModel):
@@ -20,7 +21,8 @@ class DiagonalGaussian(GenerativeModel):
         data_shape: shape of one sample.
         preprocess: `Preprocessor` options.
         std_floor: lower bound of every standard deviation (model units).
-        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`).
+        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; default
+            optimizer: conf/model/gaussian.yaml's).
     """
 
     checkpoint_version = 1  # 0: a flat `lr`
@@ -35,7 +37,7 @@ class DiagonalGaussian(GenerativeModel):
     ) -> None:
         super().__init__(data_shape, preprocess)
         self.save_hyperparameters()
-        self.hparams["optimizer"] = optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-2}
+        self.hparams["optimizer"] = optimizer or preset_part("gaussian", "optimizer")
         self.mean = torch.nn.Parameter(torch.zeros(self.data_shape))
         self.raw_std = torch.nn.Parameter(torch.zeros(self.data_shape))
 
@@ -63,7 +65,3 @@ class DiagonalGaussian(GenerativeModel):
     def sample(self, n: int) -> torch.Tensor:
         eps = torch.randn((n, *self.data_shape), device=self.mean.device)
         return self.to_data(self.mean + self.std * eps)
-
-    @classmethod
-    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
-        return flat_optimizer_hparams(hparams) if version < 1 else hparams

@@ -20,12 +20,6 @@ HEADS = ("gmm", "linear")
 FEATURE_NORMS = {False: None, "none": None, True: "layer", "layer": "layer", "batch": "batch"}
 # model.head_refit values -> which head the validation-time refit sets (true: the trained one)
 HEAD_REFITS = {False: None, "none": None, True: "head", "head": "head", "eval": "eval"}
-# the optimizer names of checkpoints written before the optimizer part
-OPTIMIZERS_V0 = {
-    "adadelta": {"_target_": "torch.optim.Adadelta"},
-    "adam": {"_target_": "torch.optim.Adam"},
-    "sgd": {"_target_": "torch.optim.SGD", "momentum": 0.9},
-}
 
 
 class GMMClassifier(GmlabModule):
@@ -85,7 +79,8 @@ class GMMClassifier(GmlabModule):
 
     monitor = "val/acc"
     monitor_mode = "max"
-    checkpoint_version = 1  # 0: optimizer by name, flat lr, weight_decay, lr_step_size, lr_gamma
+    # 0: optimizer by name, flat lr, weight_decay, lr_step_size, lr_gamma (gmlab.models.compat)
+    checkpoint_version = 1
 
     def __init__(
         self,
@@ -325,31 +320,6 @@ class GMMClassifier(GmlabModule):
     def histograms(self, x_raw: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"ood_score": [B] logsumexp of the class scores}."""
         return {"ood_score": self.ood_score(x_raw).cpu()}
-
-    # ------------------------------------------------------------ migration
-    @classmethod
-    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
-        if version >= 1:
-            return hparams
-        hp = dict(hparams)
-        name = hp.pop("optimizer", "adadelta")
-        hp["optimizer"] = {
-            **OPTIMIZERS_V0[name],
-            "_partial_": True,
-            "lr": hp.pop("lr", 1.0),
-            "weight_decay": hp.pop("weight_decay", 0.0),
-        }
-        step_size, gamma = hp.pop("lr_step_size", 1), hp.pop("lr_gamma", 0.7)
-        hp["lr_scheduler"] = None
-        if gamma is not None:
-            hp["lr_scheduler"] = {
-                "_target_": "torch.optim.lr_scheduler.StepLR",
-                "_partial_": True,
-                "interval": "epoch",
-                "step_size": step_size,
-                "gamma": gamma,
-            }
-        return hp
 
 
 # ------------------------------------------------------------------ helpers

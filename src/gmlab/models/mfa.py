@@ -22,8 +22,6 @@ from gmlab.errors import ConfigError, NonFiniteError, SingularCovarianceError
 from gmlab.models.base import GenerativeModel, image_grid
 
 INITS = ("kmeans", "rnd_samples")
-# options of checkpoint version 0 that moved to `MFAFinetune`
-_FINETUNE_KEYS = ("em_passes", "finetune_lr")
 
 
 class MFABase(GenerativeModel):
@@ -297,7 +295,7 @@ class MFAModel(MFABase):
             which responsibilities are computed (torch-mfa's CelebA trick).
     """
 
-    checkpoint_version = 1
+    checkpoint_version = 1  # 0: with the Adam phase's options (gmlab.models.compat)
 
     def __init__(
         self,
@@ -316,12 +314,6 @@ class MFAModel(MFABase):
         self._stats: SufficientStats | None = None
         self._gauss: LowRankGaussians | None = None
         self._log_det_sum = torch.zeros((), dtype=torch.float64)
-
-    @classmethod
-    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
-        """Version 0 had the Adam phase built in (`em_passes`, `finetune_lr`): dropped, the
-        parameters mean the same."""
-        return {k: v for k, v in hparams.items() if k not in _FINETUNE_KEYS}
 
     def configure_optimizers(self):
         return []  # EM: closed-form updates, no optimizer (None would warn)

@@ -8,9 +8,8 @@ import torch
 
 from gmlab.errors import ConfigError
 from gmlab.models.mfa import MFABase, MFAModel
+from gmlab.models.parts import preset_part
 from gmlab.utils.checkpoint import load_model
-
-ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-4}
 
 
 class MFAFinetune(MFABase):
@@ -25,7 +24,8 @@ class MFAFinetune(MFABase):
             parameters are the starting point; None: `MFABase`'s own initialisation. Read
             on the first build only: the hyperparameters then hold the fitted size and
             `em_ckpt=None`, so this model's checkpoints rebuild without that file.
-        optimizer: the optimizer's part config (`_target_`, `_partial_: true`, options).
+        optimizer: the optimizer's part config (`_target_`, `_partial_: true`, options;
+            default: conf/model/mfa_finetune.yaml's).
         lr_scheduler: optional lr scheduler part config (see `gmlab.models.base`).
     """
 
@@ -41,7 +41,7 @@ class MFAFinetune(MFABase):
         if start is not None:  # the EM fit's size and noise type
             m = start.mixture
             mixture.update(n_components=m.n_components, n_factors=m.n_factors, noise=m.noise)
-        optimizer = optimizer or dict(ADAM)
+        optimizer = optimizer or preset_part("mfa_finetune", "optimizer")
         super().__init__(data_shape, **mixture)
         self.hparams["em_ckpt"] = None
         if start is not None:

@@ -5,6 +5,9 @@ A part is a plain dict with a `_target_` (a class or function path) and its opti
 config groups under `conf/model/<part>/` write it. Models keep these dicts in their
 hyperparameters, so checkpoints stay plain data (`weights_only=True`), and build the part
 themselves, supplying what only the model knows (a latent size, the parameters to optimize).
+
+A model's constructor defaults for its parts come from the same files (`preset_part`), so the
+YAML presets are the one place where a default is written.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import hydra
 from omegaconf import OmegaConf
 
 from gmlab.errors import ConfigError
+from gmlab.utils.runs import PROJECT_ROOT
+
+MODEL_CONF = PROJECT_ROOT / "conf" / "model"
 
 
 def build_part(spec: Mapping | None, role: str, **supplied: Any) -> Any:
@@ -48,3 +54,25 @@ def build_part(spec: Mapping | None, role: str, **supplied: Any) -> Any:
         raise ConfigError(
             f"cannot build model.{role} ({spec['_target_']}): {type(cause).__name__}: {cause}"
         ) from exc
+
+
+def preset_part(model: str, group: str) -> dict:
+    """The `group` part config that `gmlab-train model=<model>` composes, as a plain dict: the
+    option that the defaults list of conf/model/<model>.yaml picks from conf/model/<group>/,
+    with that file's own `<group>:` options over it (its `_self_` comes last, as Hydra merges).
+    A model takes the defaults of its parts from here, so the YAML is their one place;
+    `tests/models/test_presets.py` compares the result with Hydra's composition."""
+    path = MODEL_CONF / f"{model}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"model.{group} is not set, and {path}, which holds its default, does not exist "
+            "(gmlab installed without its conf/ folder): pass the part config explicitly"
+        )
+    node = OmegaConf.load(path)
+    defaults = list(node.get("defaults", []))
+    choices = [entry[group] for entry in defaults if OmegaConf.is_dict(entry) and group in entry]
+    if len(choices) != 1 or defaults[-1] != "_self_":
+        raise ValueError(f"{path}: expected one `- {group}: <option>` and `_self_` last")
+    option = OmegaConf.load(MODEL_CONF / group / f"{choices[0]}.yaml")
+    part = OmegaConf.merge(option, node.get(group) or {})
+    return OmegaConf.to_container(part, resolve=True)

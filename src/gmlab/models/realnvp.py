@@ -10,33 +10,11 @@ import torch
 
 from gmlab.distributions.normal import std_normal_log_prob_flat
 from gmlab.errors import ConfigError, ShapeError
-from gmlab.models.base import (
-    GenerativeModel,
-    check_fused_clipping,
-    flat_optimizer_hparams,
-    image_grid,
-)
-from gmlab.models.parts import build_part
-from gmlab.nn.flows import (
-    recalibrate_batch_norm,
-    rename_legacy_weight_norm_keys,
-    running_statistics,
-)
+from gmlab.models.base import GenerativeModel, check_fused_clipping, image_grid
+from gmlab.models.parts import build_part, preset_part
+from gmlab.nn.flows import recalibrate_batch_norm, running_statistics
 
 AMP = ("auto", "bf16", "none")
-# the flow's options, flat model options in checkpoints written before the flow part
-FLOW_V0 = (
-    "num_scales",
-    "num_blocks",
-    "filters",
-    "filter_growth",
-    "kernel_size",
-    "alpha",
-    "norm",
-    "net_norm",
-    "channels_last",
-)
-REALNVP_FLOW = "gmlab.nn.flows.build_realnvp"
 
 
 class RealNVP(GenerativeModel):
@@ -50,8 +28,9 @@ class RealNVP(GenerativeModel):
         preprocess: `Preprocessor` options (must give unit-cube inputs: scale "unit", no
             binarization).
         flow: the flow part, a config dict with `_target_` (`gmlab.nn.flows.build_realnvp`
-            and its options); the model supplies `shape`. None: build_realnvp's defaults.
-        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`).
+            and its options); the model supplies `shape`. None: conf/model/realnvp.yaml's.
+        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; default
+            optimizer: conf/model/realnvp.yaml's).
         weight_decay: L2 penalty on the weight-norm scales g (the paper's regularizer; the
             other parameters get none).
         max_grad_norm: clip the global gradient norm to this (null: no clipping, or the
@@ -68,7 +47,7 @@ class RealNVP(GenerativeModel):
             batches).
     """
 
-    checkpoint_version = 1  # 0: flat flow options, `lr` and `lr_schedule`
+    checkpoint_version = 1  # 0: flat flow options, `lr` and `lr_schedule` (gmlab.models.compat)
 
     def __init__(
         self,
@@ -86,8 +65,8 @@ class RealNVP(GenerativeModel):
     ) -> None:
         super().__init__(data_shape, preprocess)
         self.save_hyperparameters()
-        self.hparams["flow"] = dict(flow or {"_target_": REALNVP_FLOW})
-        self.hparams["optimizer"] = optimizer or {"_target_": "torch.optim.Adam", "lr": 3e-4}
+        self.hparams["flow"] = dict(flow or preset_part("realnvp", "flow"))
+        self.hparams["optimizer"] = optimizer or preset_part("realnvp", "optimizer")
         if len(self.data_shape) != 3:
             raise ShapeError(f"RealNVP models images [C, H, W], got data_shape {self.data_shape}")
         if self.preprocess.discrete or self.preprocess.scale != "unit":
@@ -101,15 +80,6 @@ class RealNVP(GenerativeModel):
         self.recent_batches: deque[torch.Tensor] = deque(maxlen=bn_calibration_batches)
         if compile:
             self.flow.compile()  # one graph for the whole normalizing direction
-
-    @classmethod
-    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
-        if version >= 1:
-            return hparams
-        hp = flat_optimizer_hparams(hparams)
-        flow = {key: hp.pop(key) for key in FLOW_V0 if key in hp}
-        hp["flow"] = {"_target_": REALNVP_FLOW, **flow}
-        return hp
 
     # ------------------------------------------------------------- density
     def autocast(self):
@@ -195,11 +165,6 @@ class RealNVP(GenerativeModel):
             {"params": decay, "weight_decay": self.hparams.weight_decay},
             {"params": rest, "weight_decay": 0.0},
         ]
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Checkpoints written before `WeightNormConv2d` name the weight-norm parameters as
-        torch's parametrization did; rename them (same tensors, same optimizer order)."""
-        rename_legacy_weight_norm_keys(checkpoint["state_dict"])
 
     def setup(self, stage: str) -> None:
         """The trainer checks (`GmlabModule.setup`), with `max_grad_norm` as the run's one

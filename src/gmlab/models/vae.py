@@ -15,9 +15,8 @@ from gmlab.distributions.normal import diag_normal_rsample, diag_normal_rsample_
 from gmlab.distributions.priors import EncoderAccess
 from gmlab.errors import ConfigError
 from gmlab.metrics.iwae import iwae_bound
-from gmlab.models.base import GenerativeModel, flat_optimizer_hparams, image_grid
-from gmlab.models.legacy import vae_hparams
-from gmlab.models.parts import build_part
+from gmlab.models.base import GenerativeModel, image_grid
+from gmlab.models.parts import build_part, preset_part
 from gmlab.plotting import scatter_image
 
 KL_MODES = ("auto", "analytic", "mc", "approx")
@@ -60,7 +59,7 @@ class VAE(GenerativeModel):
         preprocess: `gmlab.data.Preprocessor` options (binarize="dynamic" for MNIST).
         latent_dim: size of z.
         encoder, decoder, likelihood, prior: part dicts (default: MLPs with 400 hidden
-            units, a unit-variance Gaussian likelihood, N(0, I)).
+            units; conf/model/vae.yaml's likelihood (unit variance Gaussian) and prior).
         kl: auto, analytic, mc or approx.
         kl_warmup_steps: optimizer steps over which the KL weight rises 0 -> 1 (0: off).
         free_bits: nats per latent dimension below which the KL is not penalized (0: off).
@@ -68,12 +67,12 @@ class VAE(GenerativeModel):
         train_k: importance samples of the iwae / dreg objective (1 with iwae: the ELBO
             with the Monte Carlo KL).
         optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; default:
-            Adam with lr 1e-3, constant lr).
+            conf/model/vae.yaml's optimizer, constant lr).
         eval: {"iwae_k": importance samples at test time, "iwae_batch": max decoder rows
             per chunk, "val_iwae_k": IWAE samples at validation (0: ELBO only)}.
     """
 
-    checkpoint_version = 1  # 0: flat options named the parts
+    checkpoint_version = 1  # 0: flat options named the parts (gmlab.models.compat)
 
     def __init__(
         self,
@@ -96,12 +95,9 @@ class VAE(GenerativeModel):
         super().__init__(data_shape, preprocess)
         encoder = encoder or {"_target_": "gmlab.nn.mlp.MLPEncoder"}
         decoder = decoder or {"_target_": "gmlab.nn.mlp.MLPDecoder"}
-        likelihood = likelihood or {
-            "_target_": "gmlab.distributions.likelihoods.GaussianLikelihood",
-            "learn_variance": False,
-        }
-        prior = prior or {"_target_": "gmlab.distributions.priors.NormalPrior"}
-        optimizer = optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-3}
+        likelihood = likelihood or preset_part("vae", "likelihood")
+        prior = prior or preset_part("vae", "prior")
+        optimizer = optimizer or preset_part("vae", "optimizer")
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, Integral) or latent_dim < 1:
             raise ConfigError(f"model.latent_dim must be a positive integer, got {latent_dim!r}")
         self.save_hyperparameters()
@@ -146,14 +142,6 @@ class VAE(GenerativeModel):
                 f"model.objective={objective} weighs Monte Carlo samples of log p(x, z) - "
                 f"log q(z|x): it takes neither model.kl={kl} nor model.free_bits > 0"
             )
-
-    @classmethod
-    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
-        """Version 0 (flat options: `architecture`, `hidden`, `prior: mog`, `lr`, ...) ->
-        part dicts (`gmlab.models.legacy.vae_hparams`, `flat_optimizer_hparams`)."""
-        if version < 1:
-            hparams = flat_optimizer_hparams(vae_hparams(hparams))
-        return hparams
 
     # ------------------------------------------------------------------ parts
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from gmlab.errors import ConfigError
-from gmlab.models.base import GenerativeModel, flat_optimizer_hparams, image_grid
-from gmlab.models.parts import build_part
+from gmlab.models.base import GenerativeModel, image_grid
+from gmlab.models.parts import build_part, preset_part
 from gmlab.nn.pixelcnn import GatedPixelCNN
 from gmlab.nn.vector_quantizer import perplexity
 from gmlab.nn.vq_autoencoder import VQDecoder, VQEncoder
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 # vae-pytorch's codebook: learned by gradient from U(-1/K, 1/K), no revival (checkpoints
 # written before the quantizer option hold this one)
 GRADIENT_QUANTIZER = {"_target_": "gmlab.nn.vector_quantizer.VectorQuantizer"}
-ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 
 
 class VQVAE(GenerativeModel):
@@ -53,17 +52,19 @@ class VQVAE(GenerativeModel):
         hidden: channels of the encoder/decoder convolutions.
         downsample: stride-2 layers; the code grid is (H / 2^s, W / 2^s) (32x32 -> 8x8 at 2).
         res_blocks: residual blocks in the encoder and in the decoder.
-        likelihood: decoder likelihood: discretized_logistic (default) or gaussian_fixed
-            (N(mu, I), vae-pytorch's plain reconstruction loss; a loose density).
+        likelihood: the decoder likelihood's part dict (`model/likelihood`; default:
+            conf/model/vqvae.yaml's, discretized_logistic; gaussian_fixed is N(mu, I),
+            vae-pytorch's plain reconstruction loss, a loose density).
         beta: weight of the commitment loss.
         quantizer: the codebook part, a config dict with `_target_` (`model/quantizer=ema`
             or `gradient`); K and D come from num_codes and code_dim. None: vae-pytorch's
             gradient codebook.
         optimizer, lr_scheduler: the `model/optimizer` and `model/lr_scheduler` part configs
-            (None: Adam at 1e-3, constant lr).
+            (None: conf/model/vqvae.yaml's optimizer, constant lr).
     """
 
-    checkpoint_version = 1  # 0: a flat `lr` and `lr_schedule`
+    # 0: a flat `lr` and `lr_schedule`; 1: the likelihood by name (gmlab.models.compat)
+    checkpoint_version = 2
 
     def __init__(
         self,
@@ -74,7 +75,7 @@ class VQVAE(GenerativeModel):
         hidden: int = 256,
         downsample: int = 2,
         res_blocks: int = 2,
-        likelihood: str = "discretized_logistic",
+        likelihood: dict | None = None,
         beta: float = 0.25,
         quantizer: dict | None = None,
         optimizer: dict | None = None,
@@ -82,8 +83,9 @@ class VQVAE(GenerativeModel):
     ) -> None:
         super().__init__(data_shape, preprocess)
         self.save_hyperparameters()
+        self.hparams["likelihood"] = dict(likelihood or preset_part("vqvae", "likelihood"))
         self.hparams["quantizer"] = dict(quantizer or GRADIENT_QUANTIZER)
-        self.hparams["optimizer"] = dict(optimizer or ADAM)
+        self.hparams["optimizer"] = dict(optimizer or preset_part("vqvae", "optimizer"))
         if not self.is_image:
             raise ConfigError(f"VQVAE models [C, H, W] images, got data_shape {self.data_shape}")
         channels, height, width = self.data_shape
@@ -94,7 +96,7 @@ class VQVAE(GenerativeModel):
                 f"got {height}x{width}"
             )
         self.grid_shape = (height // step, width // step)
-        self.likelihood = self.build_likelihood(likelihood)
+        self.likelihood = self.build_likelihood(self.hparams.likelihood)
         params = self.likelihood.num_params
         self.encoder = VQEncoder(channels, code_dim, hidden, downsample, res_blocks)
         self.quantizer = build_part(
@@ -159,10 +161,6 @@ class VQVAE(GenerativeModel):
         self.log_step(step_values, bs)
         self.log("train/revived", float(q.revived), reduce_fx="sum", on_step=False, on_epoch=True)
         return loss
-
-    @classmethod
-    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
-        return hparams if version >= 1 else flat_optimizer_hparams(hparams)
 
     # -------------------------------------------------------------- evaluation
     def validation_step(self, batch, batch_idx: int):
@@ -235,13 +233,14 @@ class VQVAEPixelCNN(GenerativeModel):
         vqvae: the VQ-VAE's hyperparameters; filled from `vqvae_ckpt` on the first build,
             so that this model's own checkpoints rebuild without that file.
         embed_dim, channels, num_blocks, kernel_size, head_channels: `GatedPixelCNN`'s.
-        optimizer, lr_scheduler: part configs for the PixelCNN's optimization (None: Adam at
-            1e-3, constant lr).
+        optimizer, lr_scheduler: part configs for the PixelCNN's optimization (None:
+            conf/model/vqvae_pixelcnn.yaml's optimizer, constant lr).
         data: this run's data config (the preset passes `${data}`), which "auto" matches
             against each stage-1 run's (None: the image shape alone).
     """
 
-    checkpoint_version = 1  # 0: a flat `lr` and `lr_schedule`, also in the embedded `vqvae`
+    # 0, 1: as VQVAE's, also in the embedded `vqvae` (gmlab.models.compat)
+    checkpoint_version = 2
 
     def __init__(
         self,
@@ -266,7 +265,7 @@ class VQVAEPixelCNN(GenerativeModel):
         self.hparams["vqvae_ckpt"] = vqvae_ckpt  # the file found, for the record
         self.hparams["vqvae"] = dict(autoencoder.hparams)
         self.hparams["data"] = None  # only "auto" reads it, on the first build
-        self.hparams["optimizer"] = dict(optimizer or ADAM)
+        self.hparams["optimizer"] = dict(optimizer or preset_part("vqvae_pixelcnn", "optimizer"))
         if self.data_shape != autoencoder.data_shape:
             raise ConfigError(
                 f"the VQ-VAE was trained on {list(autoencoder.data_shape)} images, "
@@ -289,15 +288,6 @@ class VQVAEPixelCNN(GenerativeModel):
         self.check_finite(loss, "train/loss", batch_idx)
         self.log_step({"train/loss": loss}, codes.shape[0], prog_bar=True)
         return loss
-
-    @classmethod
-    def migrate_hparams(cls, hparams: dict, version: int) -> dict:
-        if version >= 1:
-            return hparams
-        hp = flat_optimizer_hparams(hparams)
-        if hp.get("vqvae"):
-            hp["vqvae"] = VQVAE.migrate_hparams(dict(hp["vqvae"]), 0)
-        return hp
 
     def optimizer_parameters(self):
         """The PixelCNN only: the VQ-VAE stays frozen."""

@@ -247,14 +247,3 @@ class VectorQuantizer(nn.Module):
         order = order[torch.arange(m, device=flat.device) % n]
         score = distance[order] if self.revive_from == "farthest" else torch.zeros(m)
         return flat[order], score.to(flat.device)
-
-    # ----------------------------------------------------------- checkpoints
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Checkpoints from before the init/revival state hold only the codebook of a trained
-        model: add the state it implies (initialized, no steps counted)."""
-        if prefix + "codebook" in state_dict:
-            defaults = {"initialized": torch.tensor(True), "steps": self.steps.new_zeros(())}
-            defaults["unused_steps"] = torch.zeros_like(self.unused_steps)
-            for name, value in defaults.items():
-                state_dict.setdefault(prefix + name, value)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,10 +1,10 @@
 """Reading gmlab checkpoints: which model they hold, with which config, and whether
 they fit a given model.
 
-Old checkpoints: a model class records `checkpoint_version` in every checkpoint
-(`checkpoint["gmlab"]["version"]`, 0 when absent) and converts hyperparameters saved at an
-older version in its classmethod `migrate_hparams(hparams, version)`; `load_model` applies
-it before the model is built, and the model's `on_load_checkpoint` renames old weights.
+Old checkpoints: every checkpoint records its class's `checkpoint_version`
+(`checkpoint["gmlab"]["version"]`, 0 when absent). The models layer registers a converter of
+older files (`register_upgrade`; `gmlab.models.compat`), which `load_model` and
+`check_compatible` run on the checkpoint dict, so this module imports no model code.
 
 A checkpoint may come from anyone: nothing in it chooses code to run (`gmlab.utils.trust`).
 """
@@ -12,7 +12,7 @@ A checkpoint may come from anyone: nothing in it chooses code to run (`gmlab.uti
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +20,31 @@ import torch
 
 from gmlab.errors import CheckpointMismatchError, GmlabError
 from gmlab.utils.trust import check_model_class, check_stored_config, trusting
+
+# in-place converters of checkpoint dicts written by older versions (register_upgrade)
+UPGRADES: list[Callable[[dict], None]] = []
+
+
+def register_upgrade(convert: Callable[[dict], None]) -> None:
+    """Pass every checkpoint that `load_model` and `check_compatible` read through
+    `convert(checkpoint)` (in place), after its model class was checked and before its
+    stored config is: how the models layer converts the files of older gmlab versions."""
+    if convert not in UPGRADES:
+        UPGRADES.append(convert)
+
+
+def upgrade(checkpoint: dict, path: str | Path = "") -> None:
+    """Run the registered converters on `checkpoint` in place; a file they cannot convert
+    is a `CheckpointMismatchError`."""
+    try:
+        for convert in UPGRADES:
+            convert(checkpoint)
+    except GmlabError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointMismatchError(
+            f"cannot convert {path}, written by an older gmlab: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -60,18 +85,6 @@ def model_class(
     return cls
 
 
-def migrate_checkpoint(checkpoint: dict, cls: type[L.LightningModule]) -> None:
-    """Bring the checkpoint's hyperparameters to `cls`'s current options in place
-    (`cls.migrate_hparams`, from the recorded version)."""
-    version = checkpoint.get("gmlab", {}).get("version", 0)
-    migrate = getattr(cls, "migrate_hparams", None)
-    current = getattr(cls, "checkpoint_version", 0)
-    if migrate is None or version >= current or "hyper_parameters" not in checkpoint:
-        return
-    checkpoint["hyper_parameters"] = migrate(dict(checkpoint["hyper_parameters"]), version)
-    checkpoint["gmlab"] = {**checkpoint.get("gmlab", {}), "version": current}
-
-
 def load_model(
     path: str | Path, map_location: str = "cpu", trusted_targets: Sequence[str] = ()
 ) -> L.LightningModule:
@@ -98,7 +111,7 @@ def load_model(
     """
     checkpoint = read_checkpoint(path)
     cls = model_class(checkpoint, path, trusted_targets)
-    migrate_checkpoint(checkpoint, cls)
+    upgrade(checkpoint, path)
     hparams = checkpoint.get("hyper_parameters", {})
     if not isinstance(hparams, dict):
         raise CheckpointMismatchError(f"{path}: hyper_parameters is not a dict")
@@ -126,8 +139,7 @@ def check_compatible(model: L.LightningModule, path: str | Path) -> None:
             f"{path} holds a {cls.__name__}, but the config builds a {type(model).__name__}; "
             "pass the same model=... (and options) as the run that wrote it."
         )
-    if "state_dict" in checkpoint:
-        model.on_load_checkpoint(checkpoint)  # the model's renames of older checkpoints' keys
+    upgrade(checkpoint, path)  # older weight names
     saved = checkpoint.get("state_dict", {})
     current = model.state_dict()
     problems = [f"missing {k}" for k in current if k not in saved]

@@ -8,7 +8,6 @@ from gmlab.nn.flows.coupling import (
     ResNet,
     WeightNormConv2d,
     checkerboard,
-    rename_legacy_weight_norm_keys,
 )
 from gmlab.nn.flows.elementwise import Logit
 from gmlab.nn.flows.normalization import (
@@ -35,7 +34,6 @@ __all__ = [
     "build_realnvp",
     "checkerboard",
     "recalibrate_batch_norm",
-    "rename_legacy_weight_norm_keys",
     "running_statistics",
     "squeeze2d",
     "sum_except_batch",

@@ -20,8 +20,7 @@ class WeightNormConv2d(nn.Conv2d):
     held as plain parameters `weight_g` [O, 1, 1, 1] and `weight_v` [O, I, k, k] (g starts
     at |v|, so the initial kernel is PyTorch's default Conv2d one). The same function and
     parameters as `torch.nn.utils.parametrizations.weight_norm`, but picklable (spawned
-    processes, `torch.save(model)`); checkpoints with that parametrization's names load
-    through `rename_legacy_weight_norm_keys`.
+    processes, `torch.save(model)`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
@@ -35,22 +34,6 @@ class WeightNormConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, torch._weight_norm(self.weight_v, self.weight_g, 0), self.bias)
-
-
-LEGACY_WEIGHT_NORM_KEYS = {
-    "parametrizations.weight.original0": "weight_g",
-    "parametrizations.weight.original1": "weight_v",
-}
-
-
-def rename_legacy_weight_norm_keys(state_dict: dict) -> None:
-    """In place: `<conv>.parametrizations.weight.original0/1` (torch's weight-norm
-    parametrization, used by RealNVP checkpoints before `WeightNormConv2d`) ->
-    `<conv>.weight_g` / `<conv>.weight_v`; the same tensors and order."""
-    for key in list(state_dict):
-        for old, new in LEGACY_WEIGHT_NORM_KEYS.items():
-            if key.endswith("." + old):
-                state_dict[key[: -len(old)] + new] = state_dict.pop(key)
 
 
 def wn_conv(
