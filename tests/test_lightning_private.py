@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
-from gmlab.callbacks.checkpoint import Checkpoint
+from gmlab.callbacks.checkpointing import Checkpoint
 from gmlab.models.base import writes_step_logs
 from gmlab.models.mfa import MFAModel
 
@@ -136,7 +136,7 @@ def automatic(tmp_path_factory):
 
 STEP_LOGS = "gmlab.models.base.writes_step_logs (GenerativeModel.log_step)"
 EM_STEPS = "gmlab.models.mfa.MFAModel._count_update"
-SAVE = "gmlab.callbacks.checkpoint.Checkpoint._save_checkpoint"
+SAVE = "gmlab.callbacks.checkpointing.Checkpoint._save_checkpoint"
 TRAINER_PATHS = {
     "_logger_connector.should_update_logs": STEP_LOGS,
     "_checkpoint_connector.dump_checkpoint": SAVE,
@@ -200,7 +200,7 @@ def test_model_checkpoint_private_methods(name, params):
     need(
         signature == params,
         f"ModelCheckpoint.{name}({', '.join(params)})",
-        "gmlab.callbacks.checkpoint.Checkpoint",
+        "gmlab.callbacks.checkpointing.Checkpoint",
     )
 
 
@@ -208,7 +208,7 @@ def test_model_checkpoint_calls_what_gmlab_overrides(automatic):
     """The overrides run (a rename would skip gmlab's atomic writes silently), and the
     state that gmlab's methods read and move is there."""
     *_, spy, trainer = automatic
-    user = "gmlab.callbacks.checkpoint.Checkpoint"
+    user = "gmlab.callbacks.checkpointing.Checkpoint"
     need(
         spy.calls["_save_topk_checkpoint"] == EPOCHS and spy.calls["_save_checkpoint"] > 0,
         "ModelCheckpoint calling _save_topk_checkpoint and _save_checkpoint",

@@ -11,7 +11,7 @@ import torch
 from support.cli import POINTS, gmlab
 from support.sweeps import metrics, record
 
-from gmlab.callbacks.checkpoint import Checkpoint
+from gmlab.callbacks.checkpointing import Checkpoint
 from gmlab.utils.resume import RESUME_SAFE, config_differences
 
 

@@ -16,7 +16,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from gmlab.callbacks.checkpoint import SaveOnSignal
+from gmlab.callbacks.checkpointing import SaveOnSignal
 from gmlab.callbacks.run_record import RunHeartbeat
 from gmlab.utils.checkpoint import check_compatible, read_checkpoint
 from gmlab.utils.cli import cpu_float_mode, gmlab_main, quiet_lightning, user_errors

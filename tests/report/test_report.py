@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gmlab.report import cli, curves
-from gmlab.report.runs import find_runs, read_run
+from gmlab.report.records import find_runs, read_run
 
 IWAE = {"kind": "iwae_bound", "k": 1000, "bound": True}
 EXACT = {"kind": "exact", "bound": False}

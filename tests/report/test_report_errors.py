@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from gmlab.report import cli
-from gmlab.report.runs import MAX_FILE_BYTES, read_run
+from gmlab.report.records import MAX_FILE_BYTES, read_run
 
 
 def write_run(path: Path, metrics: dict | None, status: str | None = "finished", **config):

@@ -1,7 +1,7 @@
 """Lightning callbacks: atomic best/last checkpoints, image grids, per-epoch seeding,
 a logging interval that fits short epochs."""
 
-from gmlab.callbacks.checkpoint import Checkpoint
+from gmlab.callbacks.checkpointing import Checkpoint
 from gmlab.callbacks.images import ImageGrids
 from gmlab.callbacks.logging_interval import LogEveryEpoch
 from gmlab.callbacks.seeding import EpochSeed

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from gmlab.errors import ConfigError, GmlabError
 from gmlab.report import curves, table
 from gmlab.report.grouping import group_runs
-from gmlab.report.runs import Run, find_runs, read_run
+from gmlab.report.records import Run, find_runs, read_run
 
 # conf/ beside src/ (the same root gmlab-train composes its configs from)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "conf" / "report.yaml"

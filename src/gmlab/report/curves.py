@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from gmlab.report.grouping import Group
-from gmlab.report.runs import Run
+from gmlab.report.records import Run
 
 Series = list[tuple[int, float]]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gmlab.report.names import unknown_name
-from gmlab.report.runs import Run
+from gmlab.report.records import Run
 
 
 @dataclass

@@ -4,7 +4,7 @@
 SIGINT; SLURM's `--signal` sends SIGUSR1 / SIGUSR2 before a time limit. While a run is
 recorded (`gmlab.utils.sweep.run_recorded`) `GUARD` owns all four:
 
-- inside training (`GUARD.deferred`, set by `gmlab.callbacks.checkpoint.SaveOnSignal`)
+- inside training (`GUARD.deferred`, set by `gmlab.callbacks.checkpointing.SaveOnSignal`)
   a signal is held until the current step or validation batch ends; then `last.ckpt` is
   written (atomically) and `Interrupted` ends the run;
 - elsewhere (building, testing) `Interrupted` is raised at once: no weights change there;
