@@ -133,7 +133,7 @@ class LowRankGaussians:
 
     # ------------------------------------------------------------------ shapes
     @property
-    def num_components(self) -> int:
+    def n_components(self) -> int:
         return self.means.shape[0]
 
     @property
@@ -154,7 +154,7 @@ class LowRankGaussians:
         """[K l + K, d] = [P_1^T; ..; P_K^T; D^-1 (mu - shift)]: what x~ is multiplied by
         (stored row-major like `nn.Linear.weight`: x~ @ weight.T is the faster GEMM form)."""
         if self._weight is None:
-            k, d, l = self.num_components, self.dim, self.rank
+            k, d, l = self.n_components, self.dim, self.rank
             proj_rows = self.proj.transpose(1, 2).reshape(k * l, d)
             cross_w = (self.means - self.shift) * self.inv_noise.expand(k, d)  # D^-1 mu~
             self._weight = torch.cat([proj_rows, cross_w], dim=0).contiguous()
@@ -167,7 +167,7 @@ class LowRankGaussians:
         `sq`: x~^2 [n, d] if the caller has it already (only its row sums for isotropic
         noise).
         """
-        k, d, l = self.num_components, self.dim, self.rank
+        k, d, l = self.n_components, self.dim, self.rank
         both = xc @ self.weight.T  # one product: [n, K l + K]
         y_raw = both[:, : k * l].view(xc.shape[0], k, l)
         cross = both[:, k * l :]
@@ -196,7 +196,7 @@ class LowRankGaussians:
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must be [N, {self.dim}], got {tuple(x.shape)}")
         x = x.to(self.means.dtype)
-        width = self.num_components * (self.rank + 2) + self.dim
+        width = self.n_components * (self.rank + 2) + self.dim
         rows = chunk_size or chunk_rows(x.shape[0], width)
         if rows >= x.shape[0]:
             return self.evaluate_shifted(x - self.shift)[0]

@@ -394,7 +394,7 @@ def e_step(
             of the sampled coordinates.
         block_rows: rows per block (default `E_STEP_ROWS` for the device).
     """
-    k, d, l = gauss.num_components, gauss.dim, gauss.rank
+    k, d, l = gauss.n_components, gauss.dim, gauss.rank
     n = x.shape[0]
     dt, dev = gauss.means.dtype, gauss.means.device
     isotropic = stats.s2.shape[1] == 1
@@ -471,7 +471,7 @@ def m_step(
     """
     _check_finite_stats(stats)
     f64 = torch.float64
-    k, d, l = gauss.num_components, gauss.dim, gauss.rank
+    k, d, l = gauss.n_components, gauss.dim, gauss.rank
     shift = gauss.shift.to(f64)
     chol = gauss.chol.to(f64)
     v = gauss.proj.to(f64) @ chol.transpose(1, 2)  # D^-1 A  [K, d, l]

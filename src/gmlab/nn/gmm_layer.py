@@ -179,7 +179,7 @@ class GaussianMixtureClassifier(nn.Module):
 
     # ----------------------------------------------------------- parameters
     @property
-    def num_components(self) -> int:
+    def n_components(self) -> int:
         return self.n_classes * self.components_per_class
 
     def mixture_log_weights(self) -> torch.Tensor:
