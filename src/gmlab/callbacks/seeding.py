@@ -52,7 +52,8 @@ class EpochSeed(L.Callback):
 
     def __init__(self, seed: int | None = 0) -> None:
         self.seed = seed
-        self._restored: dict | None = None
+        self._restored: dict | None = None  # generator states of a checkpoint
+        self._epoch: int | None = None  # the training epoch seeded last
 
     def state_dict(self) -> dict:
         return {"rng": _rng_states()} if self.seed is not None else {}
@@ -60,19 +61,30 @@ class EpochSeed(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self._restored = state_dict.get("rng")
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """After the sanity check (its draws are not the uninterrupted run's): put back the
-        checkpoint's states; an epoch that starts now reseeds anyway."""
-        restored, self._restored = self._restored, None
-        if self.seed is not None and restored is not None and trainer.world_size == 1:
-            _set_rng_states(restored)
-
     def _derive(self, trainer: L.Trainer, epoch: int) -> int:
         return (int(self.seed) * 1_000_003 + epoch * 1009 + trainer.global_rank) % 2**63
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.seed is not None:
             _seed_all(self._derive(trainer, trainer.current_epoch))
+            self._epoch = trainer.current_epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        """The first batch of a resumed run, where Lightning starts no epoch (a mid-epoch
+        checkpoint; one written after an epoch's last step goes on to the next epoch
+        without `on_train_epoch_start`): continue the checkpoint's states mid-epoch, else
+        seed the epoch. The batch was fetched without random draws (`IndexBatchLoader`)."""
+        if self.seed is None or self._epoch == trainer.current_epoch:
+            return
+        restored, self._restored = self._restored, None
+        if batch_idx > 0 and restored is not None and trainer.world_size == 1:
+            _set_rng_states(restored)
+        else:
+            _seed_all(self._derive(trainer, trainer.current_epoch))
+        self._epoch = trainer.current_epoch
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.seed is not None:

@@ -36,6 +36,13 @@ class IndexBatchLoader:
     holds the shuffled samples in ascending row order: it reads forward through memory or
     a file mapping, in one gather.
 
+    Stateful: `state_dict()` says how far the current epoch went ({"epoch", "batches"
+    yielded}) and Lightning stores it in every checkpoint; after `load_state_dict()` the
+    next iteration of that epoch continues with the batch after the last one yielded, in
+    the same permutation, so a run resumed from a mid-epoch `last.ckpt` trains on exactly
+    the batches an uninterrupted run would. Lightning's fetcher does not read ahead of a
+    sized loader, so "yielded" is "trained" when a checkpoint is written after a step.
+
     Args:
         x: [N, ...] data (uint8 images or float points; in memory or a file mapping).
         y: [N] labels (int64).
@@ -71,6 +78,8 @@ class IndexBatchLoader:
         self.rank, self.world_size = rank, world_size
         self.sampler = EpochCounter()
         self.batch_sampler = None  # read by Lightning's loader inspection
+        self._position: dict[str, int] | None = None  # {"epoch", "batches"} of the iteration
+        self._resume: dict[str, int] | None = None
 
     def _per_rank_samples(self) -> int:
         return math.ceil(len(self.split) / self.world_size)
@@ -79,10 +88,23 @@ class IndexBatchLoader:
         m = self._per_rank_samples()
         return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
 
+    def state_dict(self) -> dict[str, int]:
+        """{"epoch": e, "batches": b}: the last iteration was of epoch e and yielded b batches
+        ({"epoch": -1, "batches": 0} before the first)."""
+        return dict(self._position or {"epoch": -1, "batches": 0})
+
+    def load_state_dict(self, state: dict) -> None:
+        """Make the next iteration, if it is of epoch `state["epoch"]`, skip the batches
+        that epoch already yielded; an iteration of another epoch starts at batch 0."""
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
     def __iter__(self):
+        epoch, resume, self._resume = self.sampler.epoch, self._resume, None
+        start = resume["batches"] if resume and resume["epoch"] == epoch else 0
+        self._position = {"epoch": epoch, "batches": start}
         n = len(self.split)
         if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.sampler.epoch)
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
@@ -93,8 +115,9 @@ class IndexBatchLoader:
         rows = _ascending_within_batches(rows, self.batch_size)
         labels = self.split.y.index_select(0, rows)  # the epoch's labels in one gather
         x, size = self.split.x, self.batch_size
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             batch = slice(i * size, (i + 1) * size)
+            self._position["batches"] = i + 1
             yield x.index_select(0, rows[batch]), labels[batch]
 
 
