@@ -23,6 +23,9 @@ Who owns which signal, so that they do not fight:
   after saving and recording, hands SIGUSR2 on to submitit's handler (`pass_on`), which
   requeues the job; the requeued job resumes from `last.ckpt`. Under `scontrol requeue`
   (SIGTERM) submitit saves nothing, so gmlab's own save is what the requeued job resumes from.
+  A submitit job on SLURM that is requeued (anything but `scancel`) ends without a result
+  (exit 128 + signum), so that submitit's launcher waits for the requeued run
+  (`gmlab.utils.sweep._slurm_runs_it_again`).
 """
 
 from __future__ import annotations

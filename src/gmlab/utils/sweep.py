@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -353,10 +354,12 @@ def _failed(record: RunRecord | None, job: dict, exc: Exception, started: float)
 
 def _interrupted(record: RunRecord | None, job: dict, signum: int, started: float) -> None:
     """Record a run ended by signal `signum`, hand the signal on to the handler it had
-    before (submitit's requeue), then exit with 128 + signum: the run, or the launch of a
-    multirun whose summary runs in this process (it prints first). A job of a launcher
-    that runs each job in a process of its own (submitit) returns None instead, so that
-    its launcher's summary reports it."""
+    before (submitit's requeue), then exit with 128 + signum: the run, a submitit job that
+    SLURM runs again (`_slurm_runs_it_again`: no result, so submitit's launcher waits for
+    the requeued run, which resumes from `last.ckpt`), or the launch of a multirun whose
+    summary runs in this process (it prints first). Any other job of a launcher that runs
+    each job in a process of its own (submitit) returns None, so that its launcher's
+    summary reports it."""
     name = signal.Signals(signum).name
     if record is not None:
         record.finish(
@@ -369,10 +372,29 @@ def _interrupted(record: RunRecord | None, job: dict, signum: int, started: floa
         "interrupted by %s (run folder %s); the same command resumes it", name, job["out_dir"]
     )
     GUARD.pass_on()
-    if not job["multirun"]:
+    if not job["multirun"] or _slurm_runs_it_again():
         raise SystemExit(128 + signum)
     if _ACTIVE_SUMMARY is not None:
         _ACTIVE_SUMMARY.stop(name, 128 + signum)
+
+
+def _slurm_runs_it_again() -> bool:
+    """Whether this process is a submitit job on SLURM (`SUBMITIT_EXECUTOR=slurm`) that was
+    not cancelled: SLURM sends SIGTERM both to `scancel` and to a job it requeues
+    (`scontrol requeue`, preemption), and only `scontrol show job` tells them apart (a
+    cancelled job is `JobState=CANCELLED` before its processes get the signal). A job
+    whose state cannot be read is taken as requeued: if it was not, submitit's launcher
+    fails on the missing result, rather than return while SLURM still runs the job."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or not job_id:
+        return False
+    try:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    return "JobState=CANCELLED" not in shown
 
 
 def launch_outcomes(
