@@ -61,7 +61,9 @@ def main() -> None:
         y = (reference + 0.5) / 256
         model.mean.copy_(y.mean(0))
         model.raw_std.copy_(torch.expm1(y.std(0).clamp_min(2e-3) - 1e-3).log())  # softplus^-1
-    classifier = GMMClassifier(SHAPE, 10, head="linear").eval()
+    classifier = GMMClassifier(
+        SHAPE, 10, head={"_target_": "gmlab.nn.gmm_layer.LinearClassifier"}
+    ).eval()
     features = FeatureNetwork(ClassifierTrunk(classifier), SHAPE, "classifier:random")
     cfg = OmegaConf.load(CONF)
 

@@ -238,3 +238,55 @@ def test_a_damaged_old_checkpoint_is_a_checkpoint_error(tmp_path):
     torch.save(raw, tmp_path / "gmm.ckpt")
     with pytest.raises(CheckpointMismatchError, match="written by an older gmlab: KeyError"):
         load_model(tmp_path / "gmm.ckpt")
+
+
+# GMMClassifier's version-1 layout: the trunk's and the head's options flat, the head by name
+CLASSIFIER_V1 = {
+    "images": (
+        {
+            "data_shape": [1, 8, 8], "num_classes": 10, "head": "gmm", "features": 8,
+            "channels": [2, 4], "kernel_size": 3, "dropout": 0.1, "components_per_class": 1,
+            "dim": 6, "covariance": "diag", "rank": None, "floor": 0.01,
+            "feature_norm": "batch", "head_refit": "eval",
+        },
+        {
+            "trunk": {"_target_": "gmlab.nn.MnistCNN", "channels": [2, 4], "kernel_size": 3,
+                      "dropout": 0.1},
+            "head": {"_target_": "gmlab.nn.GaussianMixtureClassifier", "covariance": "diag",
+                     "dim": 6, "floor": 0.01},
+            "features": 8, "feature_norm": "batch", "head_refit": "eval",
+        },
+    ),
+    "points": (
+        {"data_shape": [2], "num_classes": 3, "head": "linear", "features": 128},
+        {
+            "trunk": {"_target_": "gmlab.models.gmm_classifier.IdentityTrunk"},
+            "head": {"_target_": "gmlab.nn.gmm_layer.LinearClassifier"},
+        },
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLASSIFIER_V1)
+def test_a_classifier_of_the_flat_layout_loads_with_the_same_trunk_and_head(tmp_path, case):
+    """A version-1 GMMClassifier checkpoint (options flat, `head: gmm | linear`) loads as
+    the classifier built from the equivalent parts, and computes what it does."""
+    flat, parts = CLASSIFIER_V1[case]
+    torch.manual_seed(0)
+    model = GMMClassifier(flat["data_shape"], flat["num_classes"], **parts).eval()
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": {}}
+    model.on_save_checkpoint(checkpoint)
+    checkpoint["hyper_parameters"] = {**flat, "optimizer": part("optimizer", "adadelta")}
+    checkpoint["gmlab"]["version"] = 1
+    torch.save(checkpoint, tmp_path / "v1.ckpt")
+    loaded = load_model(tmp_path / "v1.ckpt").eval()
+    assert type(loaded.trunk) is type(model.trunk) and type(loaded.head) is type(model.head)
+    assert {k: loaded.hparams.trunk.get(k) for k in parts["trunk"]} == parts["trunk"]
+    assert {k: loaded.hparams.head.get(k) for k in parts["head"]} == parts["head"]
+    x = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8) if case == "images" else None
+    x = torch.randn(6, 2) if x is None else x
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    assert compat.gmm_classifier(dict(loaded.hparams), GMMClassifier.checkpoint_version) == dict(
+        loaded.hparams
+    )

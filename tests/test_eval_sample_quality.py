@@ -30,7 +30,7 @@ def runs(tmp_path_factory):
     """A classifier (the feature network) and an MFA, both on the 8x8 digits, in seconds."""
     root = tmp_path_factory.mktemp("runs")
     classifier = fit(
-        ["model=gmm_classifier", "model.head=linear", "trainer.max_epochs=1", *QUIET],
+        ["model=gmm_classifier", "model/head=linear", "trainer.max_epochs=1", *QUIET],
         root / "classifier",
     )
     mfa = fit(["model=mfa", "trainer.max_epochs=1", *QUIET], root / "mfa")

@@ -163,7 +163,7 @@ def test_classifier_steps_follow_step_lr_per_epoch_across_a_resume(tmp_path):
             data_shape=(1, 8, 8),
             num_classes=10,
             features=8,
-            channels=(2, 4),
+            trunk={"_target_": "gmlab.nn.MnistCNN", "channels": [2, 4]},
             optimizer={"_target_": "torch.optim.Adadelta", "_partial_": True, "lr": 1.0},
             lr_scheduler={
                 "_target_": "torch.optim.lr_scheduler.StepLR",

@@ -15,7 +15,12 @@ from support.trainer import quiet_trainer
 
 from gmlab.data import DigitsDataModule
 from gmlab.errors import ConfigError, ShapeError
-from gmlab.models.gmm_classifier import GMMClassifier, extreme_indices, likelihood_grid
+from gmlab.models.gmm_classifier import (
+    GMMClassifier,
+    IdentityTrunk,
+    extreme_indices,
+    likelihood_grid,
+)
 from gmlab.nn.gmm_layer import GaussianMixtureClassifier
 from gmlab.train import train
 from gmlab.utils.checkpoint import load_model
@@ -26,8 +31,18 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
+CNN = {"_target_": "gmlab.nn.MnistCNN", "channels": [8, 16]}
+LINEAR = {"_target_": "gmlab.nn.gmm_layer.LinearClassifier"}
+IDENTITY = {"_target_": "gmlab.models.gmm_classifier.IdentityTrunk"}
+
+
+def gmm(**options) -> dict:
+    """A GMM head part dict (tril unless `options` say otherwise)."""
+    return {"_target_": "gmlab.nn.GaussianMixtureClassifier", "covariance": "tril", **options}
+
+
 def small_model(**kw) -> GMMClassifier:
-    args = dict(data_shape=(1, 8, 8), num_classes=10, features=32, channels=(8, 16))
+    args = dict(data_shape=(1, 8, 8), num_classes=10, features=32, trunk=CNN)
     args.update(optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3})
     return GMMClassifier(**{**args, **kw})
 
@@ -57,7 +72,7 @@ def test_short_training_improves_accuracy(head, cov):
     torch.manual_seed(0)
     dm = DigitsDataModule(batch_size=64, eval_batch_size=300, val_size=150)
     x_val, y_val = dm.tensors("val")
-    model = small_model(head=head, covariance=cov or "tril", components_per_class=2)
+    model = small_model(head=gmm(covariance=cov, components_per_class=2) if cov else LINEAR)
     before = accuracy(model, x_val, y_val)
     quiet_trainer(max_epochs=4).fit(model, datamodule=dm)
     after = accuracy(model, x_val, y_val)
@@ -151,14 +166,14 @@ def test_head_refit_without_a_gmlab_datamodule_is_a_clear_error():
 
 
 def test_head_refit_needs_a_closed_form_head():
-    with pytest.raises(ConfigError, match="head_refit=head needs head=gmm"):
-        small_model(head="linear", head_refit=True)
+    with pytest.raises(ConfigError, match="head_refit=head needs model/head=gmm"):
+        small_model(head=LINEAR, head_refit=True)
     with pytest.raises(ConfigError, match="model.head_refit=head: the closed-form refit"):
-        small_model(covariance="lowrank", head_refit=True)
+        small_model(head=gmm(covariance="lowrank"), head_refit=True)
     with pytest.raises(ConfigError, match="components_per_class=2"):
-        small_model(components_per_class=2, head_refit=True)
-    with pytest.raises(ConfigError, match="model.head_refit=eval needs head=gmm"):
-        small_model(head="linear", head_refit="eval")
+        small_model(head=gmm(components_per_class=2), head_refit=True)
+    with pytest.raises(ConfigError, match="model.head_refit=eval needs model/head=gmm"):
+        small_model(head=LINEAR, head_refit="eval")
     with pytest.raises(ConfigError, match="one of none, head, eval"):
         small_model(head_refit="test")
 
@@ -221,7 +236,7 @@ def test_extreme_indices_and_grid_layout():
 
 def test_figures_and_ood_score():
     torch.manual_seed(0)
-    model = small_model(head="gmm").eval()
+    model = small_model(head=gmm()).eval()
     x = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
     fig = model.figures(x)["likely_digits"]
     assert fig.shape == (3, 10 * 9 + 1, 8 * 9 + 1) and fig.min() >= 0 and fig.max() <= 1
@@ -233,14 +248,31 @@ def test_figures_and_ood_score():
         torch.testing.assert_close(model.histograms(x)["ood_score"], model.head.log_prob(f))
 
 
-def test_points_skip_the_trunk_and_bad_shapes_are_clear_errors():
-    model = GMMClassifier(data_shape=[2], num_classes=3, covariance="full")
-    assert isinstance(model.trunk, torch.nn.Identity) and model.head.in_features == 2
-    assert model(torch.randn(5, 2)).shape == (5, 3)
+def test_points_through_the_identity_trunk_and_bad_shapes_are_clear_errors():
+    model = GMMClassifier([2], 3, trunk=IDENTITY, head=gmm(covariance="full"))
+    assert isinstance(model.trunk, IdentityTrunk) and model.head.in_features == 2
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(model(x), model.head(x))  # the points are the features
     with pytest.raises(ShapeError, match=r"expects batches of shape \[B, 2\], got \[5, 3\]"):
         model(torch.randn(5, 3))
-    with pytest.raises(ValueError, match="model.head"):
-        GMMClassifier(data_shape=[2], num_classes=3, head="svm")
+    with pytest.raises(ConfigError, match=r"cannot build model.head \(gmlab.nn.Svm\)"):
+        GMMClassifier([2], 3, trunk=IDENTITY, head={"_target_": "gmlab.nn.Svm"})
+    with pytest.raises(ConfigError, match=r"model.trunk \(gmlab.nn.MnistCNN\).*\[C, H, W\]"):
+        GMMClassifier([2], 3)  # the preset's CNN trunk takes images
+    with pytest.raises(ConfigError, match="model.trunk.out_features is set by the model"):
+        GMMClassifier([2], 3, trunk={"_target_": "gmlab.nn.mlp.MLPEncoder", "out_features": 4})
+
+
+def test_an_mlp_trunk_gives_the_head_features_outputs_and_the_log_scale_one_more():
+    mlp = {"_target_": "gmlab.nn.mlp.MLPEncoder", "hidden": [6]}
+    model = GMMClassifier([3], 2, trunk=mlp, features=5)
+    x = torch.randn(4, 3)
+    assert model.trunk(x).shape == (4, 5) and model.head.in_features == 5
+    scaled = GMMClassifier([3], 2, trunk=mlp, features=5, feature_norm="layer",
+                           feature_log_scale=True)  # fmt: skip
+    assert scaled.trunk(x).shape == (4, 4) and scaled.head.in_features == 5
+    f = scaled.trunk(x)
+    torch.testing.assert_close(scaled.features(x)[:, -1], f.std(-1, unbiased=False).log())
 
 
 @pytest.mark.parametrize(
@@ -253,7 +285,8 @@ def test_points_skip_the_trunk_and_bad_shapes_are_clear_errors():
 def test_experiment_configs(experiment, cov, g):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}"])
-    assert cfg.model.covariance == cov and cfg.model.components_per_class == g
+    assert cfg.model.head.covariance == cov and cfg.model.head.components_per_class == g
+    assert cfg.model.trunk._target_ == "gmlab.nn.MnistCNN" and cfg.model.trunk.channels == [16, 32]
     assert cfg.model.optimizer._target_ == "torch.optim.Adadelta" and cfg.model.optimizer.lr == 1.0
     assert cfg.model.lr_scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
     assert cfg.model.lr_scheduler.gamma == 0.7 and cfg.model.lr_scheduler.step_size == 1
@@ -264,3 +297,4 @@ def test_experiment_configs(experiment, cov, g):
         assert cfg.model.head_refit == "eval" and cfg.model.features == 16
         model = hydra.utils.instantiate(cfg.model, _convert_="all")
         assert model.head_refit == "eval" and model.eval_head.dim == 16
+        assert model.head.projection is None and model.trunk.out_features == 15  # + log s

@@ -32,16 +32,15 @@ MODELS = {
         (1, 8, 8), vqvae=dict(tiny_vqvae().hparams), embed_dim=4, num_blocks=1, head_channels=4
     ),
     "mfa_finetune": lambda: MFAFinetune([1, 8, 8], n_components=2, n_factors=1),
-    "gmm_classifier": lambda: GMMClassifier([1, 8, 8], 10, features=8, channels=[2, 4]),
+    "gmm_classifier": lambda: GMMClassifier([1, 8, 8], 10, features=8),
 }
 PARTS = [(name, "optimizer") for name in MODELS] + [
     ("vae", "likelihood"),
     ("vae", "prior"),
     ("vqvae", "likelihood"),
+    ("gmm_classifier", "trunk"),
+    ("gmm_classifier", "head"),
 ]
-CONSTRUCTOR_NOT_YET = pytest.mark.xfail(
-    strict=True, reason="GMMClassifier's constructor still writes its own optimizer default"
-)
 
 
 def composed(model: str, group: str) -> dict:
@@ -50,13 +49,7 @@ def composed(model: str, group: str) -> dict:
     return OmegaConf.to_container(cfg.model[group], resolve=True)
 
 
-@pytest.mark.parametrize(
-    ("model", "group"),
-    [
-        pytest.param(*case, marks=CONSTRUCTOR_NOT_YET) if case[0] == "gmm_classifier" else case
-        for case in PARTS
-    ],
-)
+@pytest.mark.parametrize(("model", "group"), PARTS)
 def test_a_model_built_without_a_part_gets_the_part_its_preset_composes(model, group):
     expected = composed(model, group)
     assert preset_part(model, group) == expected

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(**kw) -> GMMClassifier:
-    args = dict(data_shape=(1, 8, 8), num_classes=10, features=16, channels=(4, 8))
+    trunk = {"_target_": "gmlab.nn.MnistCNN", "channels": [4, 8]}
+    args = dict(data_shape=(1, 8, 8), num_classes=10, features=16, trunk=trunk)
     args.update(optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3})
     return GMMClassifier(**{**args, **kw})
 
@@ -38,7 +39,7 @@ def test_hybrid_loss_and_warmup():
     plain = small_model()  # default: nll_loss alone
     assert torch.allclose(loss_of(plain, x, y), F.cross_entropy(plain.joint(x).float(), y))
     with pytest.raises(ConfigError, match="head=gmm"):
-        small_model(head="linear", density_weight=1.0)
+        small_model(head={"_target_": "gmlab.nn.gmm_layer.LinearClassifier"}, density_weight=1.0)
 
 
 def test_feature_norm_removes_the_trunks_scale():

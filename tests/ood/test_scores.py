@@ -99,7 +99,7 @@ def test_classifier_scores(head, tmp_path, digits):
     if head == "gmm":
         model = load_model(FIXTURES / "gmm.ckpt")
     else:
-        model = composed(tmp_path, "gmm_classifier", "model.head=linear", "model.features=8")
+        model = composed(tmp_path, "gmm_classifier", "model/head=linear", "model.features=8")
     scorer = Scorer(model, batch_size=7).fit(x_val, x_train[:300], y_train[:300])
     density = "log_pf" if head == "gmm" else "energy"
     assert scorer.names == ("max_softmax", density, "posthoc_log_pf")

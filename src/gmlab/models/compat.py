@@ -3,7 +3,8 @@
 gmlab 0.1 wrote the model options flat (`lr`, `lr_schedule`, the flow's options; parts named
 by string: `likelihood: bernoulli`, `prior: mog`, `architecture: mlp`; the classifier's
 optimizer by name), recorded no `checkpoint_version` (0) and used older weight names.
-VQ-VAEs of its last layout (version 1) still named their likelihood by string.
+VQ-VAEs of its last layout (version 1) still named their likelihood by string, and GMM
+classifiers of theirs (version 1) their head, with the trunk's and the head's options flat.
 `upgrade_checkpoint(checkpoint)` turns such a checkpoint dict, in place, into today's: the
 hyperparameters by the converter registered under the recorded class name, from the recorded
 version, then the weights' names and state; it records the class's current version.
@@ -76,6 +77,18 @@ CLASSIFIER_OPTIMIZERS_V0 = {
     "adadelta": {"_target_": "torch.optim.Adadelta"},
     "adam": {"_target_": ADAM},
     "sgd": {"_target_": "torch.optim.SGD", "momentum": 0.9},
+}
+# the classifier's flat trunk and head options and their defaults (versions 0 and 1)
+CLASSIFIER_V1 = {
+    "head": "gmm",
+    "channels": (16, 32),
+    "kernel_size": 5,
+    "dropout": 0.0,
+    "components_per_class": 1,
+    "dim": None,
+    "covariance": "tril",
+    "rank": None,
+    "floor": 1e-3,
 }
 # MFAModel options of the Adam phase that moved to MFAFinetune
 MFA_FINETUNE_V0 = ("em_passes", "finetune_lr")
@@ -192,9 +205,15 @@ def mfa(hparams: dict, version: int) -> dict:
 
 def gmm_classifier(hparams: dict, version: int) -> dict:
     """Version 0: the optimizer by name with flat `lr`, `weight_decay`, and StepLR's
-    `lr_step_size`, `lr_gamma` (None: constant lr)."""
-    if version >= 1:
-        return hparams
+    `lr_step_size`, `lr_gamma` (None: constant lr); versions 0 and 1: the trunk's and the
+    head's options flat, the head by name (`classifier_parts`)."""
+    hp = classifier_optimizer(hparams) if version < 1 else dict(hparams)
+    return classifier_parts(hp) if version < 2 else hp
+
+
+def classifier_optimizer(hparams: dict) -> dict:
+    """The classifier's optimizer name, `lr`, `weight_decay`, `lr_step_size`, `lr_gamma`
+    (gmlab 0.1) -> optimizer and StepLR part dicts."""
     hp = dict(hparams)
     name = hp.pop("optimizer", "adadelta")
     hp["optimizer"] = {
@@ -213,6 +232,29 @@ def gmm_classifier(hparams: dict, version: int) -> dict:
             "step_size": step_size,
             "gamma": gamma,
         }
+    return hp
+
+
+def classifier_parts(hparams: dict) -> dict:
+    """The classifier's flat options (`head: gmm | linear`, the CNN's `channels`,
+    `kernel_size`, `dropout`; the GMM's `components_per_class`, `dim`, `covariance`,
+    `rank`, `floor`) -> `trunk` and `head` part dicts: the CNN for images, none (the
+    identity) for flat points, as the old code built them."""
+    hp = dict(hparams)
+    old = {k: hp.pop(k, default) for k, default in CLASSIFIER_V1.items()}
+    if len(hp["data_shape"]) == 3:
+        hp["trunk"] = {
+            "_target_": "gmlab.nn.MnistCNN",
+            "channels": [int(c) for c in old["channels"]],
+            "kernel_size": old["kernel_size"],
+            "dropout": old["dropout"],
+        }
+    else:
+        hp["trunk"] = {"_target_": "gmlab.models.gmm_classifier.IdentityTrunk"}
+    hp["head"] = {"_target_": "gmlab.nn.gmm_layer.LinearClassifier"}
+    if old["head"] == "gmm":
+        gmm = {k: old[k] for k in ("components_per_class", "dim", "covariance", "rank", "floor")}
+        hp["head"] = {"_target_": "gmlab.nn.GaussianMixtureClassifier", **gmm}
     return hp
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,11 +12,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 
 from gmlab.errors import ConfigError, ShapeError
 from gmlab.models.base import GmlabModule, check_batch_shape, image_grid
+from gmlab.models.parts import build_part, preset_part
 from gmlab.nn.gmm_layer import GaussianMixtureClassifier
-from gmlab.nn.mnist_cnn import MnistCNN
 from gmlab.ops.chunks import batched
 
-HEADS = ("gmm", "linear")
 # model.feature_norm values -> kind (true / false: the options before "batch" existed)
 FEATURE_NORMS = {False: None, "none": None, True: "layer", "layer": "layer", "batch": "batch"}
 # model.head_refit values -> which head the validation-time refit sets (true: the trained one)
@@ -25,12 +25,20 @@ HEAD_REFITS = {False: None, "none": None, True: "head", "head": "head", "eval": 
 class GMMClassifier(GmlabModule):
     """Classifier: trunk -> GMM (or linear) head, trained by negative log-likelihood of labels.
 
-    A trunk (`MnistCNN` for images, the identity for flat points) maps a batch to features
-    f; the head gives per-class scores `joint` [B, S]: log p(f, y) of
-    `GaussianMixtureClassifier` (head "gmm") or a linear layer's logits (head "linear", an
+    The trunk maps a batch to features f; the head gives per-class scores `joint` [B, S]:
+    log p(f, y) of `GaussianMixtureClassifier` (a GMM head) or a linear layer's logits (an
     unnormalised log p(f, y)). Class log-posteriors log_softmax(joint) train with
     `nll_loss`; logsumexp(joint) is the out-of-distribution score (the GMM's feature
     log-density log p(f), or the linear head's negative energy).
+
+    The parts are config dicts (`_target_` + options, the groups under `conf/model/`),
+    built here with what only the model knows:
+      - `trunk(input_shape=data_shape, out_features=features)` (`features - 1` with
+        `feature_log_scale`): [B, *data_shape] -> [B, n] (`gmlab.nn.MnistCNN`, an MLP, or
+        `IdentityTrunk` for flat points used as they are); n is read off the built
+        trunk's output;
+      - `head(in_features=n (+ 1 with feature_log_scale), n_classes=num_classes)`:
+        `gmlab.nn.GaussianMixtureClassifier` or `gmlab.nn.gmm_layer.LinearClassifier`.
 
     Logged: train/loss, train/acc; {val,test}/acc, /nll (nats per sample), /ece (expected
     calibration error, `ece_bins` equal-width confidence bins, L1), /ood_score (mean).
@@ -39,17 +47,15 @@ class GMMClassifier(GmlabModule):
 
     Args:
         data_shape: shape of one sample: [C, H, W] images (uint8, scaled to [0, 1]) or [d]
-            float points (used as they are, no trunk).
+            float points (used as they are).
         num_classes: number of classes S.
-        head: "gmm" or "linear".
-        features: trunk output size (images only).
-        channels, kernel_size, dropout: `MnistCNN` options.
-        components_per_class, dim, covariance, rank, floor: `GaussianMixtureClassifier`
-            options (`dim` null: no random projection).
+        trunk, head: part dicts (default: conf/model/gmm_classifier.yaml's, the MNIST CNN and
+            the GMM layer).
+        features: the trunk's output size.
         normalize: {"mean": [...], "std": [...]} per channel, applied to images after
             scaling to [0, 1]; null keeps [0, 1].
-        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`); None:
-            Adadelta with lr 1, constant.
+        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; default:
+            conf/model/gmm_classifier.yaml's optimizer, constant lr).
         ece_bins: confidence bins of the calibration error.
         num_extremes: most / least likely digits per class in the image grids.
         density_weight: lambda of the hybrid objective nll_loss + lambda_t (-log p(f)) / d
@@ -79,26 +85,20 @@ class GMMClassifier(GmlabModule):
 
     monitor = "val/acc"
     monitor_mode = "max"
-    # 0: optimizer by name, flat lr, weight_decay, lr_step_size, lr_gamma (gmlab.models.compat)
-    checkpoint_version = 1
+    # 0: optimizer by name, flat lr, weight_decay, lr_step_size, lr_gamma; 1: the trunk's
+    # and the head's options flat, the head by name (gmlab.models.compat)
+    checkpoint_version = 2
 
     def __init__(
         self,
-        data_shape: tuple[int, ...] | list[int],
+        data_shape: Sequence[int],
         num_classes: int,
-        head: str = "gmm",
+        trunk: Mapping | None = None,
+        head: Mapping | None = None,
         features: int = 128,
-        channels: tuple[int, int] | list[int] = (16, 32),
-        kernel_size: int = 5,
-        dropout: float = 0.0,
-        components_per_class: int = 1,
-        dim: int | None = None,
-        covariance: str = "tril",
-        rank: int | None = None,
-        floor: float = 1e-3,
         normalize: dict | None = None,
-        optimizer: dict | None = None,
-        lr_scheduler: dict | None = None,
+        optimizer: Mapping | None = None,
+        lr_scheduler: Mapping | None = None,
         ece_bins: int = 15,
         num_extremes: int = 4,
         density_weight: float = 0.0,
@@ -108,15 +108,10 @@ class GMMClassifier(GmlabModule):
         head_refit: bool | str = False,
     ) -> None:
         super().__init__()
+        trunk = trunk or preset_part("gmm_classifier", "trunk")
+        head = head or preset_part("gmm_classifier", "head")
+        optimizer = optimizer or preset_part("gmm_classifier", "optimizer")
         self.save_hyperparameters()
-        self.hparams["optimizer"] = optimizer or {"_target_": "torch.optim.Adadelta", "lr": 1.0}
-        if head not in HEADS:
-            raise ConfigError(f"model.head must be one of {HEADS}, got {head!r}")
-        if density_weight < 0 or (density_weight > 0 and head != "gmm"):
-            raise ConfigError(
-                f"model.density_weight must be >= 0, and > 0 only with head=gmm (a density "
-                f"over the features); got {density_weight} with head={head}"
-            )
         if feature_norm not in FEATURE_NORMS:
             raise ConfigError(
                 f"model.feature_norm must be one of none, layer, batch (or true / false), "
@@ -125,34 +120,33 @@ class GMMClassifier(GmlabModule):
         self.feature_norm = FEATURE_NORMS[feature_norm]
         if feature_log_scale and self.feature_norm != "layer":
             raise ConfigError("model.feature_log_scale=true needs model.feature_norm=layer")
-        self.data_shape = tuple(int(s) for s in data_shape)
-        self.num_classes = num_classes
-        if len(self.data_shape) == 3:
-            trunk_out = features - 1 if feature_log_scale else features
-            self.trunk = MnistCNN(self.data_shape, trunk_out, tuple(channels), kernel_size, dropout)
-            in_features = features
-        elif len(self.data_shape) == 1:
-            self.trunk = nn.Identity()
-            in_features = self.data_shape[0] + (1 if feature_log_scale else 0)
-        else:
-            raise ShapeError(f"data_shape must be [C, H, W] or [d], got {list(data_shape)}")
-        if self.feature_norm == "batch":  # eps far below any feature variance (see features)
-            self.batch_norm = nn.BatchNorm1d(in_features, eps=1e-12, affine=False)
-        if head == "gmm":
-            self.head = GaussianMixtureClassifier(
-                in_features, num_classes, components_per_class, dim, covariance, rank, floor
-            )
-        else:
-            self.head = nn.Linear(in_features, num_classes)
         if head_refit not in HEAD_REFITS:
             raise ConfigError(
                 f"model.head_refit must be one of none, head, eval (or true / false), "
                 f"got {head_refit!r}"
             )
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.num_classes = num_classes
+        self.trunk = build_part(
+            trunk,
+            "trunk",
+            input_shape=self.data_shape,
+            out_features=features - 1 if feature_log_scale else features,
+        )
+        in_features = output_size(self.trunk, self.data_shape) + (1 if feature_log_scale else 0)
+        if self.feature_norm == "batch":  # eps far below any feature variance (see features)
+            self.batch_norm = nn.BatchNorm1d(in_features, eps=1e-12, affine=False)
+        self.head = build_part(head, "head", in_features=in_features, n_classes=num_classes)
+        is_gmm = isinstance(self.head, GaussianMixtureClassifier)
+        if density_weight < 0 or (density_weight > 0 and not is_gmm):
+            raise ConfigError(
+                f"model.density_weight must be >= 0, and > 0 only with model/head=gmm (a "
+                f"density over the features); got {density_weight} with {head['_target_']}"
+            )
         self.head_refit = HEAD_REFITS[head_refit]
         if self.head_refit:
-            if head != "gmm":
-                raise ConfigError(f"model.head_refit={self.head_refit} needs head=gmm")
+            if not is_gmm:
+                raise ConfigError(f"model.head_refit={self.head_refit} needs model/head=gmm")
             try:
                 self.head.check_refit()
             except ConfigError as exc:
@@ -323,6 +317,30 @@ class GMMClassifier(GmlabModule):
 
 
 # ------------------------------------------------------------------ helpers
+class IdentityTrunk(nn.Identity):
+    """No feature network: flat points [B, d] are the features as they are (the `trunk`
+    part conf/model/trunk/identity.yaml; `out_features` is unused, the head gets d)."""
+
+    def __init__(self, input_shape: Sequence[int], out_features: int | None = None) -> None:
+        super().__init__()
+        if len(input_shape) != 1:
+            raise ValueError(f"the identity trunk takes flat points [d], got {list(input_shape)}")
+
+
+def output_size(trunk: nn.Module, data_shape: tuple[int, ...]) -> int:
+    """n of the trunk's [B, n] output, read off one zero sample (eval mode, no gradient)."""
+    training = trunk.training
+    with torch.no_grad():
+        out = trunk.eval()(torch.zeros(1, *data_shape))
+    trunk.train(training)
+    if out.dim() != 2:
+        raise ShapeError(
+            f"model.trunk must map [B, *{list(data_shape)}] to [B, n] feature vectors, "
+            f"got {list(out.shape)}"
+        )
+    return out.shape[1]
+
+
 def to_unit(x_raw: torch.Tensor) -> torch.Tensor:
     """Raw images -> floats in [0, 1] for display (integers / 255, floats as they are)."""
     return x_raw.float() / 255.0 if not x_raw.is_floating_point() else x_raw.float()

@@ -350,3 +350,11 @@ class GaussianMixtureClassifier(nn.Module):
             f"components_per_class={self.components_per_class}, "
             f"covariance={self.covariance!r}{rank}, floor={self.floor}"
         )
+
+
+class LinearClassifier(nn.Linear):
+    """The baseline the layer replaces: [B, in_features] -> [B, S] logits, an unnormalised
+    log p(x, y); built with the same arguments as `GaussianMixtureClassifier`."""
+
+    def __init__(self, in_features: int, n_classes: int, bias: bool = True) -> None:
+        super().__init__(in_features, n_classes, bias=bias)

@@ -19,11 +19,14 @@ from torch import nn
 
 
 class MnistCNN(nn.Module):
-    """[B, C, H, W] images (H, W divisible by 4) -> [B, features] feature vectors.
+    """[B, C, H, W] images (H, W divisible by 4) -> [B, out_features] feature vectors.
+
+    The GMM classifier's `trunk` part (conf/model/trunk/mnist_cnn.yaml): the model supplies
+    `input_shape` and `out_features`.
 
     Args:
-        in_shape: (C, H, W) of one image.
-        features: size of the output vectors.
+        input_shape: (C, H, W) of one image.
+        out_features: size of the output vectors.
         channels: output channels of the two convolutions.
         kernel_size: odd square kernel size (padding keeps the spatial size).
         dropout: dropout probability before the final linear layer.
@@ -31,19 +34,23 @@ class MnistCNN(nn.Module):
 
     def __init__(
         self,
-        in_shape: tuple[int, int, int] = (1, 28, 28),
-        features: int = 128,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        out_features: int = 128,
         channels: tuple[int, int] = (16, 32),
         kernel_size: int = 5,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        c, h, w = in_shape
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"MnistCNN takes [C, H, W] images, got input shape {list(input_shape)}"
+            )
+        c, h, w = input_shape
         if h % 4 or w % 4:
             raise ValueError(f"MnistCNN needs H and W divisible by 4, got {h}x{w}")
         c1, c2 = channels
         pad = kernel_size // 2
-        self.features = features
+        self.out_features = out_features
         self.net = nn.Sequential(
             nn.Conv2d(c, c1, kernel_size, padding=pad),
             nn.ReLU(),
@@ -53,7 +60,7 @@ class MnistCNN(nn.Module):
             nn.MaxPool2d(2),
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(c2 * (h // 4) * (w // 4), features),
+            nn.Linear(c2 * (h // 4) * (w // 4), out_features),
         )
 
     def forward(self, x):
