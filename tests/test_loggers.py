@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support.compose import train_config
+from support.compose import POINTS, train_config
 
 from gmlab.errors import NonFiniteError
 from gmlab.train import train
@@ -192,19 +192,7 @@ def test_wandb_run_of_a_failed_fit_ends_failed(wandb_offline):
     in the same process (a multirun's next job) gets a run of its own."""
     import wandb
 
-    points = [
-        "model=gaussian",
-        "data._target_=support.callbacks.PointsDataModule",
-        "~data.test_size",
-        "data.shape=[2]",
-        "data.num_levels=null",
-        "data.batch_size=64",
-        "data.val_size=64",
-        "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-        "~callbacks.image_grids",
-        "logger=wandb",
-    ]
+    points = [*POINTS, "trainer.max_epochs=2", "~callbacks.image_grids", "logger=wandb"]
     with pytest.raises(NonFiniteError):
         train(train_config(wandb_offline, [*points, "+data.nan_at=[1,1]"]))
     assert wandb.run is None

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from support.compose import POINTS
 from support.compose import train_config as make_cfg
 
 from gmlab.errors import CheckpointMismatchError, NonFiniteError
 from gmlab.train import build, train
 from gmlab.utils.checkpoint import load_model
-
-POINTS = [
-    "model=gaussian",
-    "data._target_=support.callbacks.PointsDataModule",
-    "~data.test_size",
-    "data.shape=[2]",
-    "data.num_levels=null",
-    "data.batch_size=64",
-    "data.val_size=64",
-    "trainer.max_epochs=3",
-    "trainer.enable_progress_bar=false",
-]
 
 
 def test_nan_batch_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
@@ -44,17 +32,17 @@ def test_checkpoint_write_crash_keeps_previous_file(tmp_path, monkeypatch):
     last = tmp_path / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
 
-    import lightning as L
-
-    def crash_midway(self, filepath, weights_only=False, storage_options=None):
-        Path(filepath).write_bytes(before[: len(before) // 3])  # a torn write
+    def crash_midway(obj, handle, *args, **kwargs):
+        handle.write(before[: len(before) // 3])  # a torn write into the staging file
         raise OSError("disk full")
 
-    monkeypatch.setattr(L.Trainer, "save_checkpoint", crash_midway)
+    # the checkpoint callback writes through torch.save into a file beside the checkpoint
+    monkeypatch.setattr("gmlab.callbacks.checkpointing.torch.save", crash_midway)
     cfg2 = make_cfg(tmp_path, [*POINTS, "trainer.max_epochs=2", "test=false", f"ckpt_path={last}"])
     with pytest.raises(OSError, match="disk full"):
         train(cfg2)
     assert last.read_bytes() == before
+    assert not list(last.parent.glob("*.partial"))  # no staging file left behind
     load_model(last)
 
 

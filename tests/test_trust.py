@@ -134,13 +134,18 @@ def test_an_interpolation_in_a_stored_config_is_refused(vae, tmp_path):
         load_model(path)
 
 
+def recording_class(path, name: str):
+    """The checkpoint at `path`, rewritten to record the model class `name`."""
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["gmlab"]["class"] = name
+    torch.save(checkpoint, path)
+    return path
+
+
 def test_a_model_class_outside_gmlab_is_refused(vae, tmp_path):
-    checkpoint_path = save(vae, tmp_path / "evil.ckpt")
-    checkpoint = torch.load(checkpoint_path, weights_only=True)
-    checkpoint["gmlab"]["class"] = "torch.nn.Linear"
-    torch.save(checkpoint, checkpoint_path)
+    path = recording_class(save(vae, tmp_path / "evil.ckpt"), "torch.nn.Linear")
     with pytest.raises(UntrustedFileError, match=r"gmlab\.class.*torch\.nn\.Linear"):
-        load_model(checkpoint_path)
+        load_model(path)
 
 
 def test_a_model_class_whose_import_has_a_side_effect_is_never_imported(vae, tmp_path, monkeypatch):
@@ -149,10 +154,7 @@ def test_a_model_class_whose_import_has_a_side_effect_is_never_imported(vae, tmp
         f"open({str(marker)!r}, 'w').write('ran')\nclass Model: pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    path = save(vae, tmp_path / "evil.ckpt")
-    checkpoint = torch.load(path, weights_only=True)
-    checkpoint["gmlab"]["class"] = "side_effect_module.Model"
-    torch.save(checkpoint, path)
+    path = recording_class(save(vae, tmp_path / "evil.ckpt"), "side_effect_module.Model")
     with pytest.raises(UntrustedFileError, match=r"gmlab\.class"):
         load_model(path)
     assert not marker.exists() and "side_effect_module" not in sys.modules
