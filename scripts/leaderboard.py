@@ -83,9 +83,13 @@ def features_run(out: Path, more: list[str]) -> Path | None:
     return finished_job(sweep, 1)
 
 
-def sample_quality_step(out: Path, name: str, features: Path, smoke: bool) -> int:
+def sample_quality_step(
+    out: Path, name: str, features: Path, smoke: bool, data: list[str] = ()
+) -> int:
     """`gmlab-eval ... sample_quality=mnist` of every finished job of family `name` that has
-    no finished evaluation yet; 1 if one failed."""
+    no finished evaluation yet; 1 if one failed. `data`: the `data.*` overrides of the
+    training runs (gmlab-eval takes data locations from the command line, never from a
+    checkpoint)."""
     failed = 0
     for job in sorted(p for p in (out / name).glob("*") if (p / "run.json").is_file()):
         if json.loads((job / "run.json").read_text()).get("status") != "finished":
@@ -95,7 +99,7 @@ def sample_quality_step(out: Path, name: str, features: Path, smoke: bool) -> in
         if ckpt is None or (target / "metrics.json").is_file():
             continue
         args = [f"ckpt_path={ckpt}", *SAMPLE_QUALITY, f"sample_quality.features_ckpt={features}"]
-        args += [*EVAL_QUIET, *(SMOKE_EVAL if smoke else []), f"hydra.run.dir={target}"]
+        args += [*EVAL_QUIET, *(SMOKE_EVAL if smoke else []), *data, f"hydra.run.dir={target}"]
         failed |= evaluate(args) != 0
     return failed
 
@@ -234,7 +238,8 @@ def main() -> int:
         failed |= train([*cmd, f"hydra.sweep.dir={sweep}"]) != 0
     for name, _ in BOARD:
         if features is not None and name not in NO_SAMPLES and not (only and name not in only):
-            failed |= sample_quality_step(args.out, name, features, smoke)
+            data = [o for o in args.overrides if o.lstrip("+").startswith("data.")]
+            failed |= sample_quality_step(args.out, name, features, smoke, data)
     columns = ",".join(["test/bpd", *(f"sample_quality/{s}" for s in SCORES)])
     report = [str(args.out), "--metrics", columns, "--sort", "test/bpd", "--curves", "val/bpd"]
     subprocess.run([sys.executable, "-m", "gmlab.report.cli", *report], cwd=ROOT, check=False)
