@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -187,7 +188,8 @@ def plot_bpd_against_fd(report_csv: Path, png: Path) -> bool:
     for row in csv.DictReader(report_csv.open()):
         bpd, fd = row.get("test/bpd mean"), row.get("sample_quality/fd mean")
         if bpd and fd:
-            label = row["overrides"].replace("experiment=", "").replace("_mnist_board", "")
+            preset = re.search(r"experiment=(\S+)", row["overrides"])
+            label = preset.group(1).removesuffix("_mnist_board") if preset else row["model"]
             points.append((float(bpd), float(fd), label))
     if not points:
         return False

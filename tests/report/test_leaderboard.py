@@ -91,7 +91,7 @@ def test_the_bpd_against_fd_picture_has_a_labelled_point_per_row_with_both(tmp_p
     csv = tmp_path / "report.csv"
     csv.write_text(
         header
-        + "mfa,experiment=mfa_mnist_board,3.79,120.5\n"
+        + "mfa,[eval] experiment=mfa_mnist_board eval: sample_quality=mnist,3.79,120.5\n"
         + "vae,experiment=vae_mnist_board,1.54,8.25\n"
         + "vqvae,experiment=vqvae_mnist_board,1.69,\n"
     )
