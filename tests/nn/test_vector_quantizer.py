@@ -181,14 +181,19 @@ def test_kmeans_init_is_ops_kmeans_of_the_first_batch():
 
 
 def test_checkpoints_without_the_new_state_load_as_trained_codebooks():
-    vq = EMAVectorQuantizer(4, 2, init="kmeans")
-    old = {"codebook": torch.randn(4, 2)}  # all a gradient quantizer held before
-    seed = VectorQuantizer(4, 2, init="kmeans")
-    seed.load_state_dict(dict(old))
-    assert torch.equal(seed.codebook.detach(), old["codebook"]) and bool(seed.initialized)
-    assert seed.unused_steps.tolist() == [0] * 4
-    with pytest.raises(RuntimeError, match="cluster_size"):
-        vq.load_state_dict(dict(old))  # a moving-average codebook needs its averages
+    """A gmlab 0.1 VQ-VAE checkpoint held the codebook alone; the checkpoint converter
+    (gmlab.models.compat) gives it the state a trained codebook implies."""
+    from gmlab.models.compat import codebook_state
+
+    codebook = torch.randn(4, 2)  # all a gradient quantizer held before
+    old = {"quantizer.codebook": codebook.clone()}
+    codebook_state(old)
+    quantizer = VectorQuantizer(4, 2, init="kmeans")
+    quantizer.load_state_dict({k.removeprefix("quantizer."): v for k, v in old.items()})
+    assert torch.equal(quantizer.codebook.detach(), codebook) and bool(quantizer.initialized)
+    assert quantizer.unused_steps.tolist() == [0] * 4
+    with pytest.raises(RuntimeError, match="cluster_size"):  # moving averages need theirs
+        EMAVectorQuantizer(4, 2, init="kmeans").load_state_dict({"codebook": codebook})
 
 
 def test_bad_options_are_config_errors():
