@@ -8,7 +8,7 @@ usage: GMLAB_DATA=/path/with/MNIST python scripts/leaderboard.py [--out DIR] [--
 Each family is a multirun `gmlab-train -m experiment=<name>_mnist_board seed=...` into
 <out>/<name>: a failed job is recorded and the others go on, and running the same command
 again skips the finished jobs and resumes the others from their own last.ckpt. The VQ-VAE's
-stage 2 (vqvae_pixelcnn_mnist_board) runs per seed on that seed's stage-1 checkpoint; when
+stage 2 (vqvae_pixelcnn_mnist_board) runs per seed on the stage-1 checkpoint of that seed; when
 stage 1 of a seed failed, its stage 2 is recorded as skipped. The feature network of the
 sample-quality scores is a board job too (`experiment=features_mnist` into <out>/features),
 and every finished job is then evaluated with `gmlab-eval ... sample_quality=mnist` into

@@ -1,4 +1,4 @@
-"""scripts/leaderboard.py: the VQ pair's stage 2 runs on each seed's stage-1 checkpoint,
+"""scripts/leaderboard.py: the VQ pair's stage 2 runs on the stage-1 checkpoint of its seed,
 and a seed whose stage 1 failed gets a `skipped` stage 2 that gmlab-report shows in the
 stage-2 group."""
 
