@@ -240,7 +240,9 @@ def main() -> int:
         failed |= train([*cmd, f"hydra.sweep.dir={sweep}"]) != 0
     for name, _ in BOARD:
         if features is not None and name not in NO_SAMPLES and not (only and name not in only):
-            data = [o for o in args.overrides if o.lstrip("+").startswith("data.")]
+            # gmlab-eval's data node holds only `root`: other keys are added with `+`
+            data = [o.lstrip("+") for o in args.overrides if o.lstrip("+").startswith("data.")]
+            data = [o if o.startswith("data.root=") else f"+{o}" for o in data]
             failed |= sample_quality_step(args.out, name, features, smoke, data)
     columns = ",".join(["test/bpd", *(f"sample_quality/{s}" for s in SCORES)])
     report = [str(args.out), "--metrics", columns, "--sort", "test/bpd", "--curves", "val/bpd"]
