@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gmlab.callbacks import EpochSeed
 from gmlab.errors import GmlabError
-from gmlab.utils.checkpoint import load_model, read_checkpoint
+from gmlab.utils.checkpoint import model_from_checkpoint, read_checkpoint
 from gmlab.utils.cli import cpu_float_mode, gmlab_main, quiet_lightning, user_errors
 from gmlab.utils.instantiate import instantiate_loggers
 from gmlab.utils.options import check_options
@@ -79,7 +79,7 @@ def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, floa
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     checkpoint = read_checkpoint(cfg.ckpt_path)
-    model = load_model(cfg.ckpt_path)
+    model = model_from_checkpoint(checkpoint, cfg.ckpt_path)
     data = data_config(cfg, checkpoint)
     datamodule = hydra.utils.instantiate(data)
     loggers = instantiate_loggers(cfg.get("logger"))

@@ -109,7 +109,17 @@ def load_model(
     >>> type(loaded).__name__, torch.equal(loaded.mean, model.mean)
     ('DiagonalGaussian', True)
     """
-    checkpoint = read_checkpoint(path)
+    return model_from_checkpoint(read_checkpoint(path), path, map_location, trusted_targets)
+
+
+def model_from_checkpoint(
+    checkpoint: dict,
+    path: str | Path = "",
+    map_location: str = "cpu",
+    trusted_targets: Sequence[str] = (),
+) -> L.LightningModule:
+    """`load_model` of a checkpoint dict already read by `read_checkpoint` (one read of the
+    file for a caller that also needs its other entries); `path` names it in errors."""
     cls = model_class(checkpoint, path, trusted_targets)
     upgrade(checkpoint, path)
     hparams = checkpoint.get("hyper_parameters", {})
