@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,7 @@ def wandb_records(path: Path) -> list:
             pos += BLOCK - pos % BLOCK
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
-        if kind == 0:
+        if kind == 0 or pos + HEADER + length > len(data):  # the end, or a chunk being written
             break
         parts += data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
@@ -129,9 +130,22 @@ def offline_runs(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "wandb").glob("offline-run-*"))
 
 
-def read_offline_run(folder: Path) -> dict:
-    """{"history": [row], "config": {key: value}, "exit_code": int or None} of one run."""
+def read_offline_run(folder: Path, wait_s: float = 60.0) -> dict:
+    """{"history": [row], "config": {key: value}, "exit_code": int or None} of one run.
+
+    `wandb.finish()` returns once W&B's service process has the exit record, which its
+    writer may put in the file a moment later: the file is read again (for up to `wait_s`
+    seconds) until its exit record is there."""
     (path,) = folder.glob("run-*.wandb")
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = parse_offline_run(path)
+        if out["exit_code"] is not None or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def parse_offline_run(path: Path) -> dict:
     out = {"history": [], "config": {}, "exit_code": None}
     for record in wandb_records(path):
         kind = record.WhichOneof("record_type")
