@@ -21,6 +21,7 @@ from gmlab.models import compat
 from gmlab.models.gaussian import DiagonalGaussian
 from gmlab.models.gmm_classifier import GMMClassifier
 from gmlab.models.realnvp import RealNVP
+from gmlab.models.vae import VAE
 from gmlab.models.vqvae import VQVAE
 from gmlab.utils.checkpoint import load_model
 
@@ -238,6 +239,31 @@ def test_a_damaged_old_checkpoint_is_a_checkpoint_error(tmp_path):
     torch.save(raw, tmp_path / "gmm.ckpt")
     with pytest.raises(CheckpointMismatchError, match="written by an older gmlab: KeyError"):
         load_model(tmp_path / "gmm.ckpt")
+
+
+@pytest.mark.parametrize("prior", ["made", "vamp"])
+def test_a_vae_whose_network_prior_lived_in_nn_priors_loads_with_that_prior(tmp_path, prior):
+    """Before gmlab 0.2 the MADE-flow prior and the VampPrior were in `gmlab.nn.priors`
+    (VAE version 1): such a file loads with today's class and computes what the model did."""
+    torch.manual_seed(0)
+    spec = {**part("prior", prior), **({"n_components": 3} if prior == "vamp" else {})}
+    model = VAE((1, 8, 8), latent_dim=2, prior=spec, eval={"iwae_k": 10}).eval()
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    name = spec["_target_"].rpartition(".")[2]
+    checkpoint["hyper_parameters"]["prior"] = {**spec, "_target_": f"gmlab.nn.priors.{name}"}
+    checkpoint["gmlab"]["version"] = 1
+    torch.save(checkpoint, tmp_path / "v1.ckpt")
+
+    loaded = load_model(tmp_path / "v1.ckpt").eval()
+    assert loaded.hparams.prior["_target_"] == f"gmlab.nn.network_priors.{name}"
+    x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    values = []
+    for each in (loaded, model):
+        torch.manual_seed(1)  # the same dequantization and posterior noise
+        with torch.no_grad():
+            values.append(each.log_likelihood(x))
+    torch.testing.assert_close(*values)
 
 
 # GMMClassifier's version-1 layout: the trunk's and the head's options flat, the head by name

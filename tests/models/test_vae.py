@@ -210,7 +210,7 @@ def test_experiment_presets_compose_and_build(name):
     [
         ("vae_mnist_wide", "priors.NormalPrior"),
         ("vae_mog_mnist_wide", "priors.MixturePrior"),
-        ("vae_vamp_mnist_wide", "nn.priors.VampPrior"),
+        ("vae_vamp_mnist_wide", "nn.network_priors.VampPrior"),
     ],
 )
 def test_wide_presets_share_every_setting_but_the_prior(name, prior):

@@ -18,7 +18,7 @@ from support.compose import train_config
 from gmlab.data import DigitsDataModule
 from gmlab.errors import UntrustedFileError
 from gmlab.models.vae import VAE
-from gmlab.nn.priors import VampPrior
+from gmlab.nn.network_priors import VampPrior
 from gmlab.train import train
 from gmlab.utils.checkpoint import load_model
 

@@ -1,6 +1,6 @@
 """Priors p(z) of the VAE family over R^dim: the base interface, N(0, I) and the learned
 mixture of diagonal Gaussians. Priors built on networks (MADE flow, VampPrior) live in
-`gmlab.nn.priors`."""
+`gmlab.nn.network_priors`."""
 
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 gmlab 0.1 wrote the model options flat (`lr`, `lr_schedule`, the flow's options; parts named
 by string: `likelihood: bernoulli`, `prior: mog`, `architecture: mlp`; the classifier's
 optimizer by name), recorded no `checkpoint_version` (0) and used older weight names.
-VQ-VAEs of its last layout (version 1) still named their likelihood by string, and GMM
-classifiers of theirs (version 1) their head, with the trunk's and the head's options flat.
+VQ-VAEs of its last layout (version 1) still named their likelihood by string, GMM
+classifiers of theirs (version 1) their head, with the trunk's and the head's options flat,
+and VAEs of theirs (version 1) their network priors in `gmlab.nn.priors`.
 `upgrade_checkpoint(checkpoint)` turns such a checkpoint dict, in place, into today's: the
 hyperparameters by the converter registered under the recorded class name, from the recorded
 version, then the weights' names and state; it records the class's current version.
@@ -60,6 +61,8 @@ VAE_V0 = {
     "made_hidden": (512, 512),
     "channels_last": True,
 }
+# the module of the priors built on networks, before and after gmlab 0.2
+OLD_NETWORK_PRIORS, NETWORK_PRIORS = "gmlab.nn.priors.", "gmlab.nn.network_priors."
 # the RealNVP flow's options, flat model options in gmlab 0.1
 REALNVP_FLOW_V0 = (
     "num_scales",
@@ -152,7 +155,7 @@ def vae_parts(hparams: dict) -> dict:
             "learn_weights": bool(old["learn_weights"]),
         },
         "made": {
-            "_target_": "gmlab.nn.priors.FlowPrior",
+            "_target_": "gmlab.nn.network_priors.FlowPrior",
             "hidden": [int(h) for h in old["made_hidden"]],
         },
     }[hp.get("prior", "normal")]
@@ -165,7 +168,15 @@ def gaussian(hparams: dict, version: int) -> dict:
 
 
 def vae(hparams: dict, version: int) -> dict:
-    return flat_optimizer(vae_parts(hparams)) if version < 1 else hparams
+    """Version 0: flat options (`vae_parts`); versions 0 and 1: the network priors' module
+    was `gmlab.nn.priors`."""
+    hp = flat_optimizer(vae_parts(hparams)) if version < 1 else dict(hparams)
+    prior = hp.get("prior")
+    if version < 2 and isinstance(prior, dict) and isinstance(prior.get("_target_"), str):
+        name = prior["_target_"]
+        if name.startswith(OLD_NETWORK_PRIORS):
+            hp["prior"] = {**prior, "_target_": NETWORK_PRIORS + name[len(OLD_NETWORK_PRIORS) :]}
+    return hp
 
 
 def realnvp(hparams: dict, version: int) -> dict:

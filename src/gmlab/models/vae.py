@@ -72,7 +72,7 @@ class VAE(GenerativeModel):
             per chunk, "val_iwae_k": IWAE samples at validation (0: ELBO only)}.
     """
 
-    checkpoint_version = 1  # 0: flat options named the parts (gmlab.models.compat)
+    checkpoint_version = 2  # 0: flat options named the parts; 1: gmlab.nn.priors (compat)
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ from torch import distributions as D
 
 from gmlab.distributions.priors import EncoderAccess
 from gmlab.nn.mlp import MLPEncoder
-from gmlab.nn.priors import FlowPrior, VampPrior
+from gmlab.nn.network_priors import FlowPrior, VampPrior
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
