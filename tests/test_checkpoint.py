@@ -13,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 from support.parts import part
+from torch.optim.lr_scheduler import StepLR
 
 from gmlab.callbacks import Checkpoint
 from gmlab.data import DigitsDataModule
@@ -151,7 +152,7 @@ def test_migrated_hyperparameters_keep_their_meaning():
         gmm["lr_gamma"],
         "epoch",
     )
-    assert compat.gmm_classifier({**gmm, "lr_gamma": None}, 0)["lr_scheduler"] is None
+    assert compat.gmm_classifier({**gmm, "lr_gamma": None}, 0)["lr_scheduler"] == {}
     sgd = compat.gmm_classifier({**gmm, "optimizer": "sgd"}, 0)["optimizer"]
     assert sgd["_target_"] == "torch.optim.SGD" and sgd["momentum"] == 0.9
 
@@ -264,6 +265,30 @@ def test_a_vae_whose_network_prior_lived_in_nn_priors_loads_with_that_prior(tmp_
         with torch.no_grad():
             values.append(each.log_likelihood(x))
     torch.testing.assert_close(*values)
+
+
+def test_a_part_left_out_of_an_older_file_keeps_the_meaning_it_had(tmp_path):
+    """Before version 3, a VQ-VAE without a quantizer had the gradient-trained codebook and a
+    classifier with a null lr_scheduler a constant lr; today a left-out part is the preset's
+    (EMA codebook, StepLR). The files load with what they trained with."""
+    vq = VQVAE((1, 8, 8), num_codes=4, code_dim=2, hidden=4)
+    classifier = GMMClassifier([1, 8, 8], 10, features=8)
+    assert type(vq.quantizer).__name__ == "EMAVectorQuantizer"
+    assert isinstance(classifier.configure_optimizers()["lr_scheduler"]["scheduler"], StepLR)
+    for model, key, name in ((vq, "quantizer", "vq"), (classifier, "lr_scheduler", "gmm")):
+        checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+        model.on_save_checkpoint(checkpoint)
+        checkpoint["hyper_parameters"][key] = None
+        checkpoint["gmlab"]["version"] = 2
+        if name == "vq":  # the gradient codebook has no EMA statistics
+            state = checkpoint["state_dict"]
+            for extra in ("quantizer.cluster_size", "quantizer.embed_sum"):
+                state.pop(extra)
+        torch.save(checkpoint, tmp_path / f"{name}.ckpt")
+    assert type(load_model(tmp_path / "vq.ckpt").quantizer).__name__ == "VectorQuantizer"
+    loaded = load_model(tmp_path / "gmm.ckpt")
+    assert loaded.hparams.lr_scheduler == {}
+    assert isinstance(loaded.configure_optimizers(), torch.optim.Adadelta)
 
 
 # GMMClassifier's version-1 layout: the trunk's and the head's options flat, the head by name

@@ -5,6 +5,7 @@ independent reference for `gmlab.models.parts.preset_part`)."""
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -34,10 +35,13 @@ MODELS = {
     "mfa_finetune": lambda: MFAFinetune([1, 8, 8], n_components=2, n_factors=1),
     "gmm_classifier": lambda: GMMClassifier([1, 8, 8], 10, features=8),
 }
-PARTS = [(name, "optimizer") for name in MODELS] + [
+PARTS = [(name, group) for name in MODELS for group in ("optimizer", "lr_scheduler")] + [
+    ("vae", "encoder"),
+    ("vae", "decoder"),
     ("vae", "likelihood"),
     ("vae", "prior"),
     ("vqvae", "likelihood"),
+    ("vqvae", "quantizer"),
     ("gmm_classifier", "trunk"),
     ("gmm_classifier", "head"),
 ]
@@ -54,6 +58,14 @@ def test_a_model_built_without_a_part_gets_the_part_its_preset_composes(model, g
     expected = composed(model, group)
     assert preset_part(model, group) == expected
     assert MODELS[model]().hparams[group] == expected
+
+
+def test_an_empty_lr_scheduler_is_no_scheduler_not_the_presets():
+    """`model/lr_scheduler=none` composes {}: kept, where None takes the preset (StepLR)."""
+    assert preset_part("gmm_classifier", "lr_scheduler")["_target_"].endswith("StepLR")
+    model = GMMClassifier([1, 8, 8], 10, features=8, lr_scheduler={})
+    assert model.hparams.lr_scheduler == {} == composed("vae", "lr_scheduler")
+    assert isinstance(model.configure_optimizers(), torch.optim.Adadelta)
 
 
 def test_the_flow_default_is_the_presets():

@@ -213,7 +213,7 @@ def test_bad_configs_and_inputs_are_clear_errors():
 
 def test_weight_decay_applies_to_weight_norm_scales_only():
     model = make([1, 8, 8], **TINY)
-    decay, rest = model.configure_optimizers().param_groups
+    decay, rest = model.configure_optimizers()["optimizer"].param_groups  # the preset's WSD
     assert decay["weight_decay"] == 5e-5 and rest["weight_decay"] == 0.0
     g = {id(m.weight_g) for m in model.modules() if isinstance(m, WeightNormConv2d)}
     assert len(g) > 0 and {id(p) for p in decay["params"]} == g

@@ -5,7 +5,10 @@ by string: `likelihood: bernoulli`, `prior: mog`, `architecture: mlp`; the class
 optimizer by name), recorded no `checkpoint_version` (0) and used older weight names.
 VQ-VAEs of its last layout (version 1) still named their likelihood by string, GMM
 classifiers of theirs (version 1) their head, with the trunk's and the head's options flat,
-and VAEs of theirs (version 1) their network priors in `gmlab.nn.priors`.
+and VAEs of theirs (version 1) their network priors in `gmlab.nn.priors`. A VQ-VAE saved
+without a quantizer (version 2 and older) had the gradient-trained codebook, and a classifier
+with a null lr_scheduler (version 2 and older) a constant lr, where a left-out part is now
+the preset's.
 `upgrade_checkpoint(checkpoint)` turns such a checkpoint dict, in place, into today's: the
 hyperparameters by the converter registered under the recorded class name, from the recorded
 version, then the weights' names and state; it records the class's current version.
@@ -61,6 +64,8 @@ VAE_V0 = {
     "made_hidden": (512, 512),
     "channels_last": True,
 }
+# the VQ-VAE's codebook learned by gradient (vae-pytorch's), the quantizer before version 3
+GRADIENT_QUANTIZER = {"_target_": "gmlab.nn.vector_quantizer.VectorQuantizer"}
 # the module of the priors built on networks, before and after gmlab 0.2
 OLD_NETWORK_PRIORS, NETWORK_PRIORS = "gmlab.nn.priors.", "gmlab.nn.network_priors."
 # the RealNVP flow's options, flat model options in gmlab 0.1
@@ -190,11 +195,14 @@ def realnvp(hparams: dict, version: int) -> dict:
 
 def vqvae(hparams: dict, version: int) -> dict:
     """Version 0: flat `lr`, `lr_schedule`; versions 0 and 1: the likelihood by name (its
-    default then: discretized_logistic)."""
+    default then: discretized_logistic); versions 0 to 2: a missing quantizer meant the
+    gradient-trained codebook (the Python default then; the preset's is EMA)."""
     hp = flat_optimizer(hparams) if version < 1 else dict(hparams)
     likelihood = hp.get("likelihood", "discretized_logistic")
     if version < 2 and isinstance(likelihood, str):
         hp["likelihood"] = likelihood_spec(likelihood)
+    if version < 3 and not hp.get("quantizer"):
+        hp["quantizer"] = dict(GRADIENT_QUANTIZER)
     return hp
 
 
@@ -217,9 +225,13 @@ def mfa(hparams: dict, version: int) -> dict:
 def gmm_classifier(hparams: dict, version: int) -> dict:
     """Version 0: the optimizer by name with flat `lr`, `weight_decay`, and StepLR's
     `lr_step_size`, `lr_gamma` (None: constant lr); versions 0 and 1: the trunk's and the
-    head's options flat, the head by name (`classifier_parts`)."""
+    head's options flat, the head by name (`classifier_parts`); versions 0 to 2: a null
+    lr_scheduler meant a constant lr (the preset's is StepLR)."""
     hp = classifier_optimizer(hparams) if version < 1 else dict(hparams)
-    return classifier_parts(hp) if version < 2 else hp
+    hp = classifier_parts(hp) if version < 2 else hp
+    if version < 3 and hp.get("lr_scheduler") is None:
+        hp["lr_scheduler"] = {}
+    return hp
 
 
 def classifier_optimizer(hparams: dict) -> dict:
@@ -234,7 +246,7 @@ def classifier_optimizer(hparams: dict) -> dict:
         "weight_decay": hp.pop("weight_decay", 0.0),
     }
     step_size, gamma = hp.pop("lr_step_size", 1), hp.pop("lr_gamma", 0.7)
-    hp["lr_scheduler"] = None
+    hp["lr_scheduler"] = {}
     if gamma is not None:
         hp["lr_scheduler"] = {
             "_target_": "torch.optim.lr_scheduler.StepLR",

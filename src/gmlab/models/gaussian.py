@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from gmlab.distributions.normal import LOG_2PI
 from gmlab.models.base import GenerativeModel
-from gmlab.models.parts import preset_part
+from gmlab.models.parts import preset_part, scheduler_or_preset
 
 
 class DiagonalGaussian(GenerativeModel):
@@ -21,8 +21,8 @@ class DiagonalGaussian(GenerativeModel):
         data_shape: shape of one sample.
         preprocess: `Preprocessor` options.
         std_floor: lower bound of every standard deviation (model units).
-        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; default
-            optimizer: conf/model/gaussian.yaml's).
+        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; None:
+            conf/model/gaussian.yaml's; an empty lr_scheduler: constant lr).
     """
 
     checkpoint_version = 1  # 0: a flat `lr`
@@ -38,6 +38,7 @@ class DiagonalGaussian(GenerativeModel):
         super().__init__(data_shape, preprocess)
         self.save_hyperparameters()
         self.hparams["optimizer"] = optimizer or preset_part("gaussian", "optimizer")
+        self.hparams["lr_scheduler"] = scheduler_or_preset(lr_scheduler, "gaussian")
         self.mean = torch.nn.Parameter(torch.zeros(self.data_shape))
         self.raw_std = torch.nn.Parameter(torch.zeros(self.data_shape))
 

@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 
 from gmlab.errors import ConfigError, ShapeError
 from gmlab.models.base import GmlabModule, check_batch_shape, image_grid
-from gmlab.models.parts import build_part, preset_part
+from gmlab.models.parts import build_part, preset_part, scheduler_or_preset
 from gmlab.nn.gmm_layer import GaussianMixtureClassifier
 from gmlab.ops.chunks import batched
 
@@ -54,8 +54,9 @@ class GMMClassifier(GmlabModule):
         features: the trunk's output size.
         normalize: {"mean": [...], "std": [...]} per channel, applied to images after
             scaling to [0, 1]; null keeps [0, 1].
-        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; default:
-            conf/model/gmm_classifier.yaml's optimizer, constant lr).
+        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; None:
+            conf/model/gmm_classifier.yaml's, Adadelta and StepLR; an empty lr_scheduler:
+            constant lr).
         ece_bins: confidence bins of the calibration error.
         num_extremes: most / least likely digits per class in the image grids.
         density_weight: lambda of the hybrid objective nll_loss + lambda_t (-log p(f)) / d
@@ -87,7 +88,7 @@ class GMMClassifier(GmlabModule):
     monitor_mode = "max"
     # 0: optimizer by name, flat lr, weight_decay, lr_step_size, lr_gamma; 1: the trunk's
     # and the head's options flat, the head by name (gmlab.models.compat)
-    checkpoint_version = 2
+    checkpoint_version = 3  # 2: a null lr_scheduler meant constant (gmlab.models.compat)
 
     def __init__(
         self,
@@ -111,6 +112,7 @@ class GMMClassifier(GmlabModule):
         trunk = trunk or preset_part("gmm_classifier", "trunk")
         head = head or preset_part("gmm_classifier", "head")
         optimizer = optimizer or preset_part("gmm_classifier", "optimizer")
+        lr_scheduler = scheduler_or_preset(lr_scheduler, "gmm_classifier")
         self.save_hyperparameters()
         if feature_norm not in FEATURE_NORMS:
             raise ConfigError(

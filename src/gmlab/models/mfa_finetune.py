@@ -8,7 +8,7 @@ import torch
 
 from gmlab.errors import ConfigError
 from gmlab.models.mfa import MFABase, MFAModel
-from gmlab.models.parts import preset_part
+from gmlab.models.parts import preset_part, scheduler_or_preset
 from gmlab.utils.checkpoint import load_model
 
 
@@ -26,7 +26,8 @@ class MFAFinetune(MFABase):
             `em_ckpt=None`, so this model's checkpoints rebuild without that file.
         optimizer: the optimizer's part config (`_target_`, `_partial_: true`, options;
             default: conf/model/mfa_finetune.yaml's).
-        lr_scheduler: optional lr scheduler part config (see `gmlab.models.base`).
+        lr_scheduler: lr scheduler part config (see `gmlab.models.base`; None: the preset's,
+            none; an empty one: constant lr).
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class MFAFinetune(MFABase):
             m = start.mixture
             mixture.update(n_components=m.n_components, n_factors=m.n_factors, noise=m.noise)
         optimizer = optimizer or preset_part("mfa_finetune", "optimizer")
+        lr_scheduler = scheduler_or_preset(lr_scheduler, "mfa_finetune")
         super().__init__(data_shape, **mixture)
         self.hparams["em_ckpt"] = None
         if start is not None:

@@ -69,10 +69,23 @@ def preset_part(model: str, group: str) -> dict:
             "(gmlab installed without its conf/ folder): pass the part config explicitly"
         )
     node = OmegaConf.load(path)
-    defaults = list(node.get("defaults", []))
+    defaults = list(node.pop("defaults", []))
     choices = [entry[group] for entry in defaults if OmegaConf.is_dict(entry) and group in entry]
     if len(choices) != 1 or defaults[-1] != "_self_":
         raise ValueError(f"{path}: expected one `- {group}: <option>` and `_self_` last")
-    option = OmegaConf.load(MODEL_CONF / group / f"{choices[0]}.yaml")
-    part = OmegaConf.merge(option, node.get(group) or {})
-    return OmegaConf.to_container(part, resolve=True)
+    # the model node as composed, so that a part's relative interpolations (the decoder's
+    # `${oc.select:..encoder.hidden,...}`) see its sibling parts
+    parts = {
+        name: OmegaConf.load(MODEL_CONF / name / f"{option}.yaml")
+        for entry in defaults
+        if OmegaConf.is_dict(entry)
+        for name, option in entry.items()
+    }
+    model = OmegaConf.merge(parts, node)
+    return OmegaConf.to_container(model[group], resolve=True)
+
+
+def scheduler_or_preset(lr_scheduler: Mapping | None, model: str) -> dict:
+    """`lr_scheduler` as a dict, or the preset's (`preset_part(model, "lr_scheduler")`) when
+    it is None; an empty dict stays empty: no scheduler, as `model/lr_scheduler=none`."""
+    return preset_part(model, "lr_scheduler") if lr_scheduler is None else dict(lr_scheduler)

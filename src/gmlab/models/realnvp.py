@@ -11,7 +11,7 @@ import torch
 from gmlab.distributions.normal import std_normal_log_prob_flat
 from gmlab.errors import ConfigError, ShapeError
 from gmlab.models.base import GenerativeModel, check_fused_clipping, image_grid
-from gmlab.models.parts import build_part, preset_part
+from gmlab.models.parts import build_part, preset_part, scheduler_or_preset
 from gmlab.nn.flows import recalibrate_batch_norm, running_statistics
 
 AMP = ("auto", "bf16", "none")
@@ -29,8 +29,8 @@ class RealNVP(GenerativeModel):
             binarization).
         flow: the flow part, a config dict with `_target_` (`gmlab.nn.flows.build_realnvp`
             and its options); the model supplies `shape`. None: conf/model/realnvp.yaml's.
-        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; default
-            optimizer: conf/model/realnvp.yaml's).
+        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; None:
+            conf/model/realnvp.yaml's; an empty lr_scheduler: constant lr).
         weight_decay: L2 penalty on the weight-norm scales g (the paper's regularizer; the
             other parameters get none).
         max_grad_norm: clip the global gradient norm to this (null: no clipping, or the
@@ -67,6 +67,7 @@ class RealNVP(GenerativeModel):
         self.save_hyperparameters()
         self.hparams["flow"] = dict(flow or preset_part("realnvp", "flow"))
         self.hparams["optimizer"] = optimizer or preset_part("realnvp", "optimizer")
+        self.hparams["lr_scheduler"] = scheduler_or_preset(lr_scheduler, "realnvp")
         if len(self.data_shape) != 3:
             raise ShapeError(f"RealNVP models images [C, H, W], got data_shape {self.data_shape}")
         if self.preprocess.discrete or self.preprocess.scale != "unit":

@@ -16,7 +16,7 @@ from gmlab.distributions.priors import EncoderAccess
 from gmlab.errors import ConfigError
 from gmlab.metrics.iwae import iwae_bound
 from gmlab.models.base import GenerativeModel, image_grid
-from gmlab.models.parts import build_part, preset_part
+from gmlab.models.parts import build_part, preset_part, scheduler_or_preset
 from gmlab.plotting import scatter_image
 
 KL_MODES = ("auto", "analytic", "mc", "approx")
@@ -58,16 +58,16 @@ class VAE(GenerativeModel):
         data_shape: shape of one sample: (2,) for toy data, (C, H, W) for images.
         preprocess: `gmlab.data.Preprocessor` options (binarize="dynamic" for MNIST).
         latent_dim: size of z.
-        encoder, decoder, likelihood, prior: part dicts (default: MLPs with 400 hidden
-            units; conf/model/vae.yaml's likelihood (unit variance Gaussian) and prior).
+        encoder, decoder, likelihood, prior: part dicts (None: conf/model/vae.yaml's, MLPs
+            with 400 hidden units, a unit-variance Gaussian likelihood, N(0, I)).
         kl: auto, analytic, mc or approx.
         kl_warmup_steps: optimizer steps over which the KL weight rises 0 -> 1 (0: off).
         free_bits: nats per latent dimension below which the KL is not penalized (0: off).
         objective: "elbo", "iwae" or "dreg" (the training bound and its gradient).
         train_k: importance samples of the iwae / dreg objective (1 with iwae: the ELBO
             with the Monte Carlo KL).
-        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; default:
-            conf/model/vae.yaml's optimizer, constant lr).
+        optimizer, lr_scheduler: part configs (`GmlabModule.configure_optimizers`; None:
+            conf/model/vae.yaml's, Adam and no scheduler).
         eval: {"iwae_k": importance samples at test time, "iwae_batch": max decoder rows
             per chunk, "val_iwae_k": IWAE samples at validation (0: ELBO only)}.
     """
@@ -93,11 +93,12 @@ class VAE(GenerativeModel):
         eval: dict | None = None,  # noqa: A002 (config key)
     ) -> None:
         super().__init__(data_shape, preprocess)
-        encoder = encoder or {"_target_": "gmlab.nn.mlp.MLPEncoder"}
-        decoder = decoder or {"_target_": "gmlab.nn.mlp.MLPDecoder"}
+        encoder = encoder or preset_part("vae", "encoder")
+        decoder = decoder or preset_part("vae", "decoder")
         likelihood = likelihood or preset_part("vae", "likelihood")
         prior = prior or preset_part("vae", "prior")
         optimizer = optimizer or preset_part("vae", "optimizer")
+        lr_scheduler = scheduler_or_preset(lr_scheduler, "vae")
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, Integral) or latent_dim < 1:
             raise ConfigError(f"model.latent_dim must be a positive integer, got {latent_dim!r}")
         self.save_hyperparameters()

@@ -28,17 +28,13 @@ import torch
 
 from gmlab.errors import ConfigError
 from gmlab.models.base import GenerativeModel, image_grid
-from gmlab.models.parts import build_part, preset_part
+from gmlab.models.parts import build_part, preset_part, scheduler_or_preset
 from gmlab.nn.pixelcnn import GatedPixelCNN
 from gmlab.nn.vector_quantizer import perplexity
 from gmlab.nn.vq_autoencoder import VQDecoder, VQEncoder
 from gmlab.utils.checkpoint import load_model, model_class, read_checkpoint
 
 log = logging.getLogger(__name__)
-
-# vae-pytorch's codebook: learned by gradient from U(-1/K, 1/K), no revival (checkpoints
-# written before the quantizer option hold this one)
-GRADIENT_QUANTIZER = {"_target_": "gmlab.nn.vector_quantizer.VectorQuantizer"}
 
 
 class VQVAE(GenerativeModel):
@@ -57,14 +53,14 @@ class VQVAE(GenerativeModel):
             vae-pytorch's plain reconstruction loss, a loose density).
         beta: weight of the commitment loss.
         quantizer: the codebook part, a config dict with `_target_` (`model/quantizer=ema`
-            or `gradient`); K and D come from num_codes and code_dim. None: vae-pytorch's
-            gradient codebook.
+            or `gradient`); K and D come from num_codes and code_dim. None: conf/model/vqvae.yaml's
+            (EMA).
         optimizer, lr_scheduler: the `model/optimizer` and `model/lr_scheduler` part configs
-            (None: conf/model/vqvae.yaml's optimizer, constant lr).
+            (None: conf/model/vqvae.yaml's; an empty lr_scheduler: constant lr).
     """
 
     # 0: a flat `lr` and `lr_schedule`; 1: the likelihood by name (gmlab.models.compat)
-    checkpoint_version = 2
+    checkpoint_version = 3  # 2: no quantizer meant gradient-trained (gmlab.models.compat)
 
     def __init__(
         self,
@@ -84,8 +80,9 @@ class VQVAE(GenerativeModel):
         super().__init__(data_shape, preprocess)
         self.save_hyperparameters()
         self.hparams["likelihood"] = dict(likelihood or preset_part("vqvae", "likelihood"))
-        self.hparams["quantizer"] = dict(quantizer or GRADIENT_QUANTIZER)
+        self.hparams["quantizer"] = dict(quantizer or preset_part("vqvae", "quantizer"))
         self.hparams["optimizer"] = dict(optimizer or preset_part("vqvae", "optimizer"))
+        self.hparams["lr_scheduler"] = scheduler_or_preset(lr_scheduler, "vqvae")
         if not self.is_image:
             raise ConfigError(f"VQVAE models [C, H, W] images, got data_shape {self.data_shape}")
         channels, height, width = self.data_shape
@@ -234,13 +231,13 @@ class VQVAEPixelCNN(GenerativeModel):
             so that this model's own checkpoints rebuild without that file.
         embed_dim, channels, num_blocks, kernel_size, head_channels: `GatedPixelCNN`'s.
         optimizer, lr_scheduler: part configs for the PixelCNN's optimization (None:
-            conf/model/vqvae_pixelcnn.yaml's optimizer, constant lr).
+            conf/model/vqvae_pixelcnn.yaml's; an empty lr_scheduler: constant lr).
         data: this run's data config (the preset passes `${data}`), which "auto" matches
             against each stage-1 run's (None: the image shape alone).
     """
 
     # 0, 1: as VQVAE's, also in the embedded `vqvae` (gmlab.models.compat)
-    checkpoint_version = 2
+    checkpoint_version = 3  # as VQVAE (gmlab.models.compat)
 
     def __init__(
         self,
@@ -266,6 +263,7 @@ class VQVAEPixelCNN(GenerativeModel):
         self.hparams["vqvae"] = dict(autoencoder.hparams)
         self.hparams["data"] = None  # only "auto" reads it, on the first build
         self.hparams["optimizer"] = dict(optimizer or preset_part("vqvae_pixelcnn", "optimizer"))
+        self.hparams["lr_scheduler"] = scheduler_or_preset(lr_scheduler, "vqvae_pixelcnn")
         if self.data_shape != autoencoder.data_shape:
             raise ConfigError(
                 f"the VQ-VAE was trained on {list(autoencoder.data_shape)} images, "
