@@ -116,8 +116,9 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, float]:
         kinds = model.metric_kinds() if hasattr(model, "metric_kinds") else {}
         record.update(ckpt_path=ckpt_path, device=trainer_device(trainer), metric_kinds=kinds)
     if ckpt_path:
-        check_compatible(model, ckpt_path)
-        check_resume_config(ckpt_path, read_checkpoint(ckpt_path), model.run_config)
+        checkpoint = read_checkpoint(ckpt_path)  # one read for both checks
+        check_compatible(model, checkpoint, ckpt_path)
+        check_resume_config(ckpt_path, checkpoint, model.run_config)
     metrics = earlier_fit_metrics(out_dir) if ckpt_path else {}
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -28,7 +28,7 @@ from gmlab.nn.flows import (
     build_realnvp,
     running_statistics,
 )
-from gmlab.utils.checkpoint import check_compatible, load_model
+from gmlab.utils.checkpoint import check_compatible, load_model, read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -271,7 +271,7 @@ def test_short_training_lowers_test_bpd_and_checkpoint_loads_weights_only(tmp_pa
     assert any("parametrizations" in key for key in raw["state_dict"])
     legacy = tmp_path / "legacy.ckpt"
     torch.save(raw, legacy)
-    check_compatible(make([1, 8, 8], num_blocks=2, filters=16), legacy)
+    check_compatible(make([1, 8, 8], num_blocks=2, filters=16), read_checkpoint(legacy), legacy)
     assert test_bpd(load_model(legacy)) == pytest.approx(after, abs=1e-5)
 
 

@@ -140,9 +140,9 @@ def model_from_checkpoint(
     return model.to(map_location)
 
 
-def check_compatible(model: L.LightningModule, path: str | Path) -> None:
-    """Raise `CheckpointMismatchError` listing what differs if `path` cannot resume `model`."""
-    checkpoint = read_checkpoint(path)
+def check_compatible(model: L.LightningModule, checkpoint: dict, path: str | Path) -> None:
+    """Raise `CheckpointMismatchError` listing what differs if `checkpoint` (read from `path`
+    by `read_checkpoint`; upgraded in place) cannot resume `model`."""
     cls = model_class(checkpoint, path)
     if cls is not type(model):
         raise CheckpointMismatchError(
