@@ -333,3 +333,21 @@ def test_two_process_ddp_ranks_validate_with_the_same_recalibrated_statistics(tm
     for a, b in zip(rank0, rank1, strict=True):
         assert torch.equal(a, b)
     assert max((a - 1).abs().max() for a in rank0[1::2]) > 0.01  # variances were recomputed
+
+
+@pytest.mark.parametrize("native", [False, True, None])
+def test_bf16_on_a_cpu_that_would_emulate_it_warns_once_naming_the_option(
+    monkeypatch, caplog, native
+):
+    """The warning follows oneDNN's answer: emulated bf16 (False) warns, native (True) or
+    unknown (None) does not."""
+    monkeypatch.setattr("gmlab.models.realnvp.cpu_has_native_bf16", lambda: native)
+    model = make([1, 8, 8], amp="bf16", **TINY)
+    x = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=4)
+    with caplog.at_level("WARNING", logger="gmlab.models.realnvp"):
+        quiet_trainer(max_steps=1, limit_val_batches=0).fit(model, train_dataloaders=loader)
+    warned = [r for r in caplog.records if "model.amp=bf16" in r.getMessage()]
+    assert len(warned) == (native is False)
+    if warned:
+        assert "model.amp=none" in warned[0].getMessage()

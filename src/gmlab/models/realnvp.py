@@ -4,6 +4,7 @@ dequantized unit-cube image, an isotropic Gaussian base."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import deque
 
 import torch
@@ -15,6 +16,16 @@ from gmlab.models.parts import build_part, preset_part, scheduler_or_preset
 from gmlab.nn.flows import recalibrate_batch_norm, running_statistics
 
 AMP = ("auto", "bf16", "none")
+log = logging.getLogger(__name__)
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU computes bf16 natively (oneDNN's check: AVX512-BF16 or AMX); None
+    when this torch cannot tell. Elsewhere bf16 is emulated, slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None
 
 
 class RealNVP(GenerativeModel):
@@ -170,8 +181,15 @@ class RealNVP(GenerativeModel):
     def setup(self, stage: str) -> None:
         """The trainer checks (`GmlabModule.setup`), with `max_grad_norm` as the run's one
         clipping setting: refused beside `trainer.gradient_clip_val`, and seen by the
-        fused-optimizer check under mixed precision."""
+        fused-optimizer check under mixed precision. Warns when bf16 would be emulated."""
         super().setup(stage)
+        on_cpu = self._trainer is not None and self.trainer.strategy.root_device.type == "cpu"
+        if self.hparams.amp == "bf16" and on_cpu and cpu_has_native_bf16() is False:
+            log.warning(
+                "model.amp=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): bf16 is "
+                "emulated there and the s/t nets run several times slower than in float32 "
+                "(docs/speed.md); model.amp=none trains in float32"
+            )
         clip = self.hparams.max_grad_norm
         if self._trainer is None or not clip:
             return
