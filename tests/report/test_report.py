@@ -150,7 +150,7 @@ def test_sort_by_a_metric_and_descending(tmp_path):
     assert [r.cells["test/bpd"].mean for r in rows] == [3.0, 2.0, 1.0]
 
 
-def test_failed_running_stale_and_unreadable_runs_are_listed(tmp_path, capsys):
+def test_failed_running_stale_interrupted_and_unreadable_runs_are_listed(tmp_path, capsys):
     root = tmp_path / "sweep"
     write_run(root / "0", 1, metrics={"test/bpd": 4.0}, record=finished())
     error = {"type": "NonFiniteError", "message": "val/nll is NaN at batch 3", "traceback": "..."}
@@ -166,6 +166,8 @@ def test_failed_running_stale_and_unreadable_runs_are_listed(tmp_path, capsys):
     write_run(root / "5", 6, metrics={"test/bpd": 1.0})
     (root / "5" / "run.json").write_text("not json")
     write_run(root / "6", 7, lr=0.1, record={"task": "train", "status": "failed"})  # alone
+    stopped = {"task": "train", "status": "interrupted", "signal": "SIGTERM"}
+    write_run(root / "7", 8, record=stopped)
 
     cli.main([str(root), "--out", str(tmp_path / "out"), "--curves", ""])
     printed = capsys.readouterr()
@@ -179,13 +181,16 @@ def test_failed_running_stale_and_unreadable_runs_are_listed(tmp_path, capsys):
         "4": "unreadable",
         "5": "unreadable",
         "6": "failed",
+        "7": "interrupted",
     }
     main_row = row_of(rows, "vae")
     assert main_row.cells["test/bpd"].values == [4.0]  # only the finished run counts
-    assert main_row.status == "1 finished, 1 running, 1 stale, 1 failed, 2 unreadable"
+    counts = "1 finished, 1 running, 1 stale, 1 interrupted, 1 failed, 2 unreadable"
+    assert main_row.status == counts
     assert row_of(rows, "vae", "model.lr=0.1").status == "1 failed"  # a row with no result
-    assert "1 finished, 1 running, 1 stale, 1 failed, 2 unreadable" in printed.out
+    assert counts in printed.out
     assert "NonFiniteError: val/nll is NaN at batch 3" in printed.err
+    assert "interrupted by SIGTERM; the same command resumes it" in printed.err
     assert "JSONDecodeError" in printed.err and "run.json" in printed.err
     md = (out / "report.md").read_text()
     for name, status in statuses.items():

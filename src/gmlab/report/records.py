@@ -28,7 +28,7 @@ from gmlab.errors import GmlabError
 
 RUN_MARKERS = (".hydra/config.yaml", "run.json", "metrics.json")
 MAX_FILE_BYTES = 8 * 2**20  # run files are kilobytes; a bigger one is not a run record
-KNOWN_STATUSES = ("finished", "failed", "running", "skipped")
+KNOWN_STATUSES = ("finished", "failed", "running", "skipped", "interrupted")
 SKIP_DIRS = {"checkpoints", "tensorboard", "csv", "images", ".hydra", "report", "__pycache__"}
 
 
@@ -228,6 +228,10 @@ def _status(run: Run, stale_after_s: float, now: float) -> str:
         run.problem = "run.json says finished, but the folder has no metrics.json"
         return "no metrics"
     if status in ("finished", "failed", "skipped"):
+        return status
+    if status == "interrupted":  # by a signal, with last.ckpt saved (gmlab.utils.signals)
+        by = " ".join(str(run.record.get("signal") or "a signal").split())[:20]
+        run.problem = f"interrupted by {by}; the same command resumes it"
         return status
     if status is not None and status not in KNOWN_STATUSES:
         run.problem = "a status gmlab-report does not know, shown as it is"

@@ -14,7 +14,16 @@ import numpy as np
 from gmlab.report.grouping import Group
 from gmlab.report.names import unknown_name
 
-STATUS_ORDER = ("finished", "no metrics", "running", "stale", "failed", "skipped", "unreadable")
+STATUS_ORDER = (
+    "finished",
+    "no metrics",
+    "running",
+    "stale",
+    "interrupted",
+    "failed",
+    "skipped",
+    "unreadable",
+)
 SORT_COLUMNS = ("model", "data", "overrides", "wall_time", "status")
 KIND_NAMES = {"elbo": "ELBO bound", "iwae_bound": "IWAE bound", "vq_bound": "VQ bound"}
 
