@@ -18,15 +18,17 @@ install: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/gmlab-train $(ARGS)
 
-## test: the whole suite, as CI runs it (CPU only, no network, no ../shared); prints the 15
-## slowest tests
+## test: the whole suite, as CI runs it (CPU only, no network, no ../shared), in JOBS
+## pytest-xdist workers (a test file stays on one worker); prints the 15 slowest tests.
+## JOBS=0: one process, no workers
+JOBS   ?= 2
 test: $(STAMP)
-	$(VENV)/bin/pytest -q --durations=15 $(ARGS)
+	$(VENV)/bin/pytest -q -n $(JOBS) --dist loadfile --durations=15 $(ARGS)
 
 ## test-fast: the unit tests, for the edit loop: the suite without the tests marked slow, cli
-## (console scripts in subprocesses) or integration (tests/conftest.py); about 1.5 minutes on 2 cores
+## (console scripts in subprocesses) or integration (tests/conftest.py)
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not slow and not cli and not integration" --durations=5 $(ARGS)
+	$(VENV)/bin/pytest -q -n $(JOBS) --dist loadfile -m "not slow and not cli and not integration" --durations=5 $(ARGS)
 
 ## bench: speed and memory ratios, printed side by side
 bench: $(STAMP)

@@ -19,6 +19,13 @@ sys.path.insert(1, str(REPO))  # benchmarks/ (tests/test_benchmarks.py)
 
 os.environ.setdefault("GMLAB_ROOT", str(REPO))
 
+# `make test` runs the suite in two pytest-xdist workers, one per core: each worker and the
+# console scripts it starts keep to one torch / OpenMP thread, as two threads per worker
+# would oversubscribe the cores (OpenMP threads that wait for each other)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # ----------------------------------------------------------------- repository guard
 RUN_FOLDERS = ("outputs", "multirun", "lightning_logs", "runs")  # where stray runs land
 RUN_DEPTH = 3  # outputs/<task>/runs/<run>: deeper writes show as a folder's new mtime
@@ -134,9 +141,8 @@ def pytest_collection_modifyitems(items):
         if "run_env" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cli)
         path = item.path
-        if path.is_relative_to(TESTS) and path.relative_to(TESTS).as_posix().startswith(
-            INTEGRATION
-        ):
+        relative = path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else ""
+        if relative.startswith(INTEGRATION):
             item.add_marker(pytest.mark.integration)
 
 

@@ -85,6 +85,41 @@ def test_the_earlier_handler_gets_the_signal_passed_on_and_back_on_uninstall():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("shown", "started_at", "again"),
+    [
+        ("JobState=COMPLETING Restarts=1", None, True),  # scontrol requeue / preemption
+        ("JobState=COMPLETING Restarts=0", None, False),  # scancel
+        ("JobState=COMPLETING Restarts=3", "2", True),  # a third requeue
+        ("JobState=COMPLETING Restarts=2", "2", False),  # scancel after two requeues
+        ("JobState=CANCELLED Restarts=1", "1", False),
+        ("", None, True),  # scontrol failed: taken as requeued
+    ],
+)
+def test_a_slurm_job_tells_a_requeue_from_a_cancel_by_its_restart_count(
+    tmp_path, monkeypatch, shown, started_at, again
+):
+    """Both send SIGTERM and show JobState=COMPLETING; a requeue raises `Restarts` above
+    the SLURM_RESTART_COUNT the job started with (what the node showed in both cases:
+    tests/slurm). A stand-in `scontrol` on PATH prints the job line."""
+    from gmlab.utils.sweep import _slurm_runs_it_again
+
+    fake = tmp_path / "bin" / "scontrol"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho 'JobId=7 JobName=x {shown} BatchFlag=1'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    if started_at is None:
+        monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    else:
+        monkeypatch.setenv("SLURM_RESTART_COUNT", started_at)
+    assert _slurm_runs_it_again() is again
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")  # not on SLURM: never run again
+    assert _slurm_runs_it_again() is False
+
+
 def test_sigterm_mid_training_saves_records_exits_143_and_resumes(tmp_path, run_env):
     """SIGTERM from outside once a step has been saved: exit status 143, `interrupted` with
     SIGTERM, a loadable `last.ckpt` at or after the last saved step, and the same command

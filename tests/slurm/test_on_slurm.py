@@ -1,6 +1,7 @@
 """Sweeps on a real SLURM node (scripts/slurm_local.sh): the keep-going summary, a time-limit
-requeue, a preemption and DDP over srun tasks, each with `hydra/launcher=slurm` as a user
-runs it. Every test is bounded by its timeouts and cancels its jobs when it ends."""
+requeue, a preemption, a cancelled job and DDP over srun tasks, each with
+`hydra/launcher=slurm` as a user runs it. Every test is bounded by its timeouts and cancels
+its jobs when it ends."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from slurm.jobs import attempts, finish, paced, sacct_states, slurm_job_ids, tra
 from support.cli import POINTS
 from support.sweeps import metrics, record
 
-pytestmark = pytest.mark.slurm
+# one pytest-xdist worker runs them all, one after another: the node has two cores
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 QUIET = ["~callbacks.progress_bar", "~callbacks.model_summary"]
 SAME = ("test/bpd", "test/nll", "val/bpd")
@@ -110,6 +112,38 @@ def test_a_preempted_run_saves_on_the_signal_and_goes_on_from_there(tmp_path, sl
     assert rec["ckpt_path"] == str(sweep / "0" / "checkpoints" / "last.ckpt")
     (states,) = sacct_states([job_id], slurm_env).values()
     assert states == ["REQUEUED", "COMPLETED"]
+
+
+def test_a_cancelled_run_saves_and_the_same_command_resumes_it(tmp_path, slurm_env):
+    """`scancel` mid-epoch 0: SLURM sends the same SIGTERM as for a requeue, but the job's
+    restart count stays, so it saves last.ckpt, records the run as interrupted and returns
+    that to the launch, whose summary reports it (exit 1). Launching the same
+    command again resumes it from the step the first job reached, in the same folder."""
+    sweep, log = tmp_path / "sweep", tmp_path / "steps.log"
+    args = [*on_slurm(sweep), *paced(log, 0.3), *points(epochs=2, n=2048)]  # 30 steps/epoch
+    job = train(args, slurm_env, timeout=240)
+    wait_until(lambda: log.is_file() and attempts(log)[0]["steps"][-1:] >= [8], 120, "8 steps")
+    (job_id,) = slurm_job_ids(sweep)
+    subprocess.run(["scancel", job_id], env=slurm_env, check=True, timeout=30)
+    out = finish(job)
+    assert out.returncode == 1, out.stdout + out.stderr
+    summary = f"multirun {sweep}: 0 finished, 0 failed, 0 skipped, 0 unfinished, 1 interrupted"
+    assert summary in out.stdout
+    assert f"interrupted: {sweep / '0'}  by SIGTERM" in out.stdout
+    rec = record(sweep / "0")
+    assert (rec["status"], rec["signal"]) == ("interrupted", "SIGTERM")
+    assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file()
+    assert sacct_states([job_id], slurm_env) == {job_id: ["CANCELLED"]}
+
+    again = finish(train(args, slurm_env, timeout=240))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"multirun {sweep}: 1 finished, 0 failed, 0 skipped, 0 unfinished" in again.stdout
+    first, second = attempts(log)
+    assert 8 <= first["steps"][-1] < 30
+    assert first["steps"][-1] <= second["start"] <= first["steps"][-1] + 1
+    assert second["steps"][-1] == 60
+    rec = record(sweep / "0")
+    assert rec["status"] == "finished" and [a["status"] for a in rec["attempts"]] == ["interrupted"]
 
 
 def test_ddp_over_two_srun_tasks_gives_the_single_process_metrics(tmp_path, slurm_env):

@@ -18,6 +18,7 @@ import gc
 import hashlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -379,12 +380,14 @@ def _interrupted(record: RunRecord | None, job: dict, signum: int, started: floa
 
 
 def _slurm_runs_it_again() -> bool:
-    """Whether this process is a submitit job on SLURM (`SUBMITIT_EXECUTOR=slurm`) that was
-    not cancelled: SLURM sends SIGTERM both to `scancel` and to a job it requeues
-    (`scontrol requeue`, preemption), and only `scontrol show job` tells them apart (a
-    cancelled job is `JobState=CANCELLED` before its processes get the signal). A job
-    whose state cannot be read is taken as requeued: if it was not, submitit's launcher
-    fails on the missing result, rather than return while SLURM still runs the job."""
+    """Whether this process is a submitit job on SLURM (`SUBMITIT_EXECUTOR=slurm`) that SLURM
+    will run again. SLURM sends SIGTERM both to `scancel` and to a job it requeues
+    (`scontrol requeue`, preemption), and while the job ends `scontrol show job` says
+    `JobState=COMPLETING` for both; but a requeue raises the job's `Restarts` count at once,
+    above the `SLURM_RESTART_COUNT` this run started with (unset: 0), and a cancel does not
+    (seen on the test node). A job whose count cannot be read is taken as requeued: if it
+    was not, submitit's launcher fails on the missing result, rather than return while SLURM
+    still runs the job."""
     job_id = os.environ.get("SLURM_JOB_ID")
     if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or not job_id:
         return False
@@ -394,7 +397,13 @@ def _slurm_runs_it_again() -> bool:
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return True
-    return "JobState=CANCELLED" not in shown
+    if "JobState=CANCELLED" in shown:
+        return False
+    restarts = re.search(r"\bRestarts=(\d+)", shown)
+    started_at = os.environ.get("SLURM_RESTART_COUNT", "0")
+    if restarts is None or not started_at.isdigit():
+        return True
+    return int(restarts.group(1)) > int(started_at)
 
 
 def launch_outcomes(
