@@ -12,8 +12,9 @@ from slurm.jobs import attempts, finish, paced, sacct_states, slurm_job_ids, tra
 from support.cli import POINTS
 from support.sweeps import metrics, record
 
-# one pytest-xdist worker runs them all, one after another: the node has two cores
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
+# one file, so that `make test` (pytest-xdist, --dist loadfile) runs them on one worker, one
+# after another: the node has two cores
+pytestmark = pytest.mark.slurm
 
 QUIET = ["~callbacks.progress_bar", "~callbacks.model_summary"]
 SAME = ("test/bpd", "test/nll", "val/bpd")
