@@ -1,7 +1,7 @@
 """The private part of Hydra that gmlab reads: `hydra._internal.utils.get_args_parser`, the
 parser of Hydra's own command line, which `gmlab.utils.cli.check_command_line` runs before
-Hydra does, to check every job's config. A Hydra release that moves it or renames what it returns fails
-here, naming that code, instead of in every `gmlab-train` call."""
+Hydra does, to check every job's config. A Hydra release that moves it or renames what it
+returns fails here, naming that code, instead of in every `gmlab-train` call."""
 
 from __future__ import annotations
 
