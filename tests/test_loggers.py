@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from support.compose import POINTS, train_config
 
@@ -213,3 +214,34 @@ def test_wandb_run_of_a_failed_fit_ends_failed(wandb_offline):
     train(train_config(wandb_offline, [*points, "trainer.max_epochs=1"]))
     exit_codes = [read_offline_run(f)["exit_code"] for f in offline_runs(wandb_offline)]
     assert sorted(exit_codes) == [0, 1]
+
+
+def test_sample_quality_and_ood_figures_reach_mlflow(tmp_path, monkeypatch):
+    """The grid `gmlab-eval sample_quality=...` scores and an OOD histogram go to MLflow as
+    image artifacts equal to the PNGs gmlab saves, beside the scores."""
+    pytest.importorskip("mlflow", reason=EXTRA)
+    from mlflow.tracking import MlflowClient
+
+    from gmlab.metrics.sample_quality import log_scores
+    from gmlab.utils.trackers import LocalMLFlowLogger, log_image
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    uri = f"file:{tmp_path / 'mlruns'}"
+    logger = LocalMLFlowLogger(tracking_uri=uri, experiment_name="gmlab")
+    samples = torch.randint(0, 256, (70, 1, 8, 8), dtype=torch.uint8)
+    log_scores([logger], {"sample_quality/fd": 12.5}, samples, tmp_path)
+    histogram = torch.rand(3, 40, 60)
+    log_image(logger, "test/ood/noise", histogram, 0)
+    logger.finalize("success")
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("gmlab").experiment_id])
+    assert run.data.metrics["sample_quality/fd"] == 12.5
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://").removeprefix("file:"))
+    logged = sorted((artifacts / "images").glob("*.png"))
+    saved = tmp_path / "images" / "sample_quality" / "samples.png"
+    Image.fromarray((histogram * 255).round().byte().permute(1, 2, 0).numpy()).save(
+        tmp_path / "histogram.png"
+    )
+    assert_same_images([saved, tmp_path / "histogram.png"], logged)

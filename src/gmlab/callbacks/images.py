@@ -8,7 +8,9 @@ from pathlib import Path
 import lightning as L
 import torch
 import torchvision
-from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from gmlab.utils.trackers import log_image
 
 
 class ImageGrids(L.Callback):
@@ -124,20 +126,6 @@ class ImageGrids(L.Callback):
                     path = images / prefix / f"{name}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torchvision.utils.save_image(image, path)
-
-
-def log_image(logger, tag: str, image: torch.Tensor, step: int) -> None:
-    """Write a [C, H, W] image in [0, 1] to `logger`: TensorBoard and MLflow at `step`
-    (MLflow: an image artifact per step under `tag`), W&B at its current step (it keeps
-    one step axis for all values); a logger without images (CSV) is left alone."""
-    if isinstance(logger, TensorBoardLogger):
-        logger.experiment.add_image(tag, image, global_step=step)
-    elif isinstance(logger, (MLFlowLogger, WandbLogger)):
-        pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=tag, images=[pixels])
-        else:
-            logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
 
 
 def enlarge(image: torch.Tensor, min_side: int = 256, max_factor: int = 8) -> torch.Tensor:

@@ -31,6 +31,7 @@ from gmlab.metrics.frechet import frechet_distance, kernel_distance
 from gmlab.metrics.manifold import ManifoldReference
 from gmlab.metrics.ndb import NDB
 from gmlab.utils.metric_kinds import sample_kind
+from gmlab.utils.trackers import log_image
 
 PREFIX = "sample_quality"
 # score -> its metric kind (see gmlab.utils.metric_kinds.BETTER)
@@ -143,17 +144,15 @@ def table(scores: dict[str, float], cfg, identity: str, num_samples: int) -> str
 
 def log_scores(loggers, scores: dict[str, float], samples: Tensor, out_dir: Path) -> None:
     """Scalars to every logger (TensorBoard's HParams tab lists them beside the run's
-    hyperparameters), the grid of the first 64 scored samples to TensorBoard and a PNG."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
+    hyperparameters), the grid of the first 64 scored samples to every logger that takes
+    images (TensorBoard, MLflow, W&B) and to a PNG."""
     grid = torchvision.utils.make_grid(samples[:64].float() / 255.0, nrow=8, padding=1, pad_value=1)
     path = out_dir / "images" / PREFIX / "samples.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     torchvision.utils.save_image(grid, path)
     for logger in loggers:
         logger.log_metrics(scores, step=0)
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(f"{PREFIX}/samples", grid, global_step=0)
+        log_image(logger, f"{PREFIX}/samples", grid, 0)
 
 
 def sample_quality(

@@ -24,6 +24,7 @@ from gmlab.ood.metrics import detection_metrics
 from gmlab.ood.scores import SCORES, Scorer, check_reference
 from gmlab.utils.checkpoint import load_model
 from gmlab.utils.runs import PROJECT_ROOT
+from gmlab.utils.trackers import log_image
 
 log = logging.getLogger(__name__)
 ANY_SHAPE = (NoiseDataModule, ConstantDataModule)  # take the model's shape and levels
@@ -180,8 +181,7 @@ def evaluate_ood(
         path.parent.mkdir(parents=True, exist_ok=True)
         torchvision.utils.save_image(image, path)
         for logger in loggers:
-            if hasattr(logger, "experiment") and hasattr(logger.experiment, "add_image"):
-                logger.experiment.add_image(f"test/ood/{name}", image, 0)
+            log_image(logger, f"test/ood/{name}", image, 0)
         log.info("ood %s: %s", name, {k: round(v, 4) for k, v in per_set.items() if "auroc" in k})
     for logger in loggers:
         logger.log_metrics(metrics, step=0)

@@ -1,6 +1,7 @@
 """Experiment trackers beside TensorBoard and CSV (`logger=mlflow`, `logger=wandb`, the
 `loggers` extra): Lightning's loggers, kept local by their configs, with one tracker run
-per gmlab run. docs/loggers.md."""
+per gmlab run, and `log_image`, which writes an image to whichever of them (or TensorBoard)
+a run has. docs/loggers.md."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import importlib
 import os
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+import torch
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from gmlab.errors import ConfigError
 
@@ -60,3 +62,17 @@ class WandbRunLogger(WandbLogger):
         run, self._experiment = self._experiment, None
         if run is not None:
             run.finish(exit_code=exit_code)
+
+
+def log_image(logger, tag: str, image: torch.Tensor, step: int) -> None:
+    """Write a [C, H, W] image in [0, 1] to `logger`: TensorBoard and MLflow at `step`
+    (MLflow: an image artifact per step under `tag`), W&B at its current step (it keeps
+    one step axis for all values); a logger without images (CSV) is left alone."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(tag, image, global_step=step)
+    elif isinstance(logger, (MLFlowLogger, WandbLogger)):
+        pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=tag, images=[pixels])
+        else:
+            logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
