@@ -199,13 +199,19 @@ def test_a_current_checkpoint_passes_the_upgrade_unchanged():
     assert checkpoint["state_dict"].keys() == model.state_dict().keys()
 
 
-def vqvae_checkpoint_of_version_one(model: VQVAE, likelihood: str) -> dict:
-    """`model` as gmlab 0.1 saved it in its last layout: the likelihood by name, version 1."""
+def saved_as(model: L.LightningModule, version: int, **hparams) -> dict:
+    """`model`'s checkpoint dict as an older gmlab wrote it: recorded as `version`, with
+    `hparams` over its hyperparameters."""
     checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
     model.on_save_checkpoint(checkpoint)
-    checkpoint["hyper_parameters"]["likelihood"] = likelihood
-    checkpoint["gmlab"]["version"] = 1
+    checkpoint["hyper_parameters"].update(hparams)
+    checkpoint["gmlab"]["version"] = version
     return checkpoint
+
+
+def vqvae_checkpoint_of_version_one(model: VQVAE, likelihood: str) -> dict:
+    """`model` as gmlab 0.1 saved it in its last layout: the likelihood by name, version 1."""
+    return saved_as(model, 1, likelihood=likelihood)
 
 
 @pytest.mark.parametrize("name", ["discretized_logistic", "gaussian_fixed"])
@@ -249,12 +255,9 @@ def test_a_vae_whose_network_prior_lived_in_nn_priors_loads_with_that_prior(tmp_
     torch.manual_seed(0)
     spec = {**part("prior", prior), **({"n_components": 3} if prior == "vamp" else {})}
     model = VAE((1, 8, 8), latent_dim=2, prior=spec, eval={"iwae_k": 10}).eval()
-    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
-    model.on_save_checkpoint(checkpoint)
     name = spec["_target_"].rpartition(".")[2]
-    checkpoint["hyper_parameters"]["prior"] = {**spec, "_target_": f"gmlab.nn.priors.{name}"}
-    checkpoint["gmlab"]["version"] = 1
-    torch.save(checkpoint, tmp_path / "v1.ckpt")
+    old_prior = {**spec, "_target_": f"gmlab.nn.priors.{name}"}
+    torch.save(saved_as(model, 1, prior=old_prior), tmp_path / "v1.ckpt")
 
     loaded = load_model(tmp_path / "v1.ckpt").eval()
     assert loaded.hparams.prior["_target_"] == f"gmlab.nn.network_priors.{name}"
@@ -276,10 +279,7 @@ def test_a_part_left_out_of_an_older_file_keeps_the_meaning_it_had(tmp_path):
     assert type(vq.quantizer).__name__ == "EMAVectorQuantizer"
     assert isinstance(classifier.configure_optimizers()["lr_scheduler"]["scheduler"], StepLR)
     for model, key, name in ((vq, "quantizer", "vq"), (classifier, "lr_scheduler", "gmm")):
-        checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
-        model.on_save_checkpoint(checkpoint)
-        checkpoint["hyper_parameters"][key] = None
-        checkpoint["gmlab"]["version"] = 2
+        checkpoint = saved_as(model, 2, **{key: None})
         if name == "vq":  # the gradient codebook has no EMA statistics
             state = checkpoint["state_dict"]
             for extra in ("quantizer.cluster_size", "quantizer.embed_sum"):
@@ -325,10 +325,8 @@ def test_a_classifier_of_the_flat_layout_loads_with_the_same_trunk_and_head(tmp_
     flat, parts = CLASSIFIER_V1[case]
     torch.manual_seed(0)
     model = GMMClassifier(flat["data_shape"], flat["num_classes"], **parts).eval()
-    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": {}}
-    model.on_save_checkpoint(checkpoint)
+    checkpoint = saved_as(model, 1)
     checkpoint["hyper_parameters"] = {**flat, "optimizer": part("optimizer", "adadelta")}
-    checkpoint["gmlab"]["version"] = 1
     torch.save(checkpoint, tmp_path / "v1.ckpt")
     loaded = load_model(tmp_path / "v1.ckpt").eval()
     assert type(loaded.trunk) is type(model.trunk) and type(loaded.head) is type(model.head)

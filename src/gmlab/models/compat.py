@@ -177,10 +177,9 @@ def vae(hparams: dict, version: int) -> dict:
     was `gmlab.nn.priors`."""
     hp = flat_optimizer(vae_parts(hparams)) if version < 1 else dict(hparams)
     prior = hp.get("prior")
-    if version < 2 and isinstance(prior, dict) and isinstance(prior.get("_target_"), str):
-        name = prior["_target_"]
-        if name.startswith(OLD_NETWORK_PRIORS):
-            hp["prior"] = {**prior, "_target_": NETWORK_PRIORS + name[len(OLD_NETWORK_PRIORS) :]}
+    name = prior.get("_target_") if isinstance(prior, dict) else None
+    if version < 2 and isinstance(name, str) and name.startswith(OLD_NETWORK_PRIORS):
+        hp["prior"] = {**prior, "_target_": NETWORK_PRIORS + name.removeprefix(OLD_NETWORK_PRIORS)}
     return hp
 
 

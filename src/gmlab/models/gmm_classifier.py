@@ -87,8 +87,9 @@ class GMMClassifier(GmlabModule):
     monitor = "val/acc"
     monitor_mode = "max"
     # 0: optimizer by name, flat lr, weight_decay, lr_step_size, lr_gamma; 1: the trunk's
-    # and the head's options flat, the head by name (gmlab.models.compat)
-    checkpoint_version = 3  # 2: a null lr_scheduler meant constant (gmlab.models.compat)
+    # and the head's options flat, the head by name; 2: a null lr_scheduler meant a constant
+    # lr (gmlab.models.compat)
+    checkpoint_version = 3
 
     def __init__(
         self,

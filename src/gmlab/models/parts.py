@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from gmlab.errors import ConfigError
 from gmlab.utils.runs import PROJECT_ROOT
@@ -68,21 +69,31 @@ def preset_part(model: str, group: str) -> dict:
             f"model.{group} is not set, and {path}, which holds its default, does not exist "
             "(gmlab installed without its conf/ folder): pass the part config explicitly"
         )
-    node = OmegaConf.load(path)
-    defaults = list(node.pop("defaults", []))
-    choices = [entry[group] for entry in defaults if OmegaConf.is_dict(entry) and group in entry]
+    defaults, model = composed_model(path)
+    choices = [entry[group] for entry in defaults if isinstance(entry, dict) and group in entry]
     if len(choices) != 1 or defaults[-1] != "_self_":
         raise ValueError(f"{path}: expected one `- {group}: <option>` and `_self_` last")
-    # the model node as composed, so that a part's relative interpolations (the decoder's
-    # `${oc.select:..encoder.hidden,...}`) see its sibling parts
+    return OmegaConf.to_container(model[group], resolve=True)
+
+
+@functools.lru_cache(maxsize=64)
+def composed_model(path: Path) -> tuple[list, DictConfig]:
+    """(defaults list, model node) of the model file `path`: the node with the file of each
+    part its defaults list picks merged under its own options, as Hydra composes it, so that
+    a part's relative interpolations (the decoder's `${oc.select:..encoder.hidden,...}`) see
+    its sibling parts. Read once per process (a model build asks for several parts); the
+    node is read-only, callers take plain copies of it."""
+    node = OmegaConf.load(path)
+    defaults = OmegaConf.to_container(node.pop("defaults", []))
     parts = {
-        name: OmegaConf.load(MODEL_CONF / name / f"{option}.yaml")
+        name: OmegaConf.load(path.parent / name / f"{option}.yaml")
         for entry in defaults
-        if OmegaConf.is_dict(entry)
+        if isinstance(entry, dict)
         for name, option in entry.items()
     }
     model = OmegaConf.merge(parts, node)
-    return OmegaConf.to_container(model[group], resolve=True)
+    OmegaConf.set_readonly(model, True)
+    return defaults, model
 
 
 def scheduler_or_preset(lr_scheduler: Mapping | None, model: str) -> dict:

@@ -59,8 +59,9 @@ class VQVAE(GenerativeModel):
             (None: conf/model/vqvae.yaml's; an empty lr_scheduler: constant lr).
     """
 
-    # 0: a flat `lr` and `lr_schedule`; 1: the likelihood by name (gmlab.models.compat)
-    checkpoint_version = 3  # 2: no quantizer meant gradient-trained (gmlab.models.compat)
+    # 0: a flat `lr` and `lr_schedule`; 1: the likelihood by name; 2: no quantizer meant the
+    # gradient-trained codebook (gmlab.models.compat)
+    checkpoint_version = 3
 
     def __init__(
         self,
