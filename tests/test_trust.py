@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from support.cli import gmlab
+from support.parts import part
 
 from gmlab.errors import UntrustedFileError
 from gmlab.models.gaussian import DiagonalGaussian
@@ -126,6 +127,21 @@ def test_a_payload_that_the_conversion_of_an_old_checkpoint_moves_is_still_refus
     with pytest.raises(UntrustedFileError, match=r"hyper_parameters\.flow\.filters\._target_"):
         load_model(path)
     assert not marker.exists()
+
+
+def test_a_target_the_prior_rename_of_an_old_checkpoint_rewrites_is_still_refused(tmp_path):
+    """The VAE converter of version-1 files rewrites `gmlab.nn.priors.<rest>` into
+    `gmlab.nn.network_priors.<rest>`, `<rest>` taken from the file: the trust check runs on
+    the rewritten name, and `torch.save` reached through the module's own import is refused."""
+    model = VAE(data_shape=[1, 8, 8], latent_dim=2, prior=part("prior", "made"))
+    prior = {"_target_": "gmlab.nn.priors.torch.save", "obj": 1, "f": str(tmp_path / "w")}
+    path = save(model, tmp_path / "evil.ckpt", prior=prior)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["gmlab"]["version"] = 1
+    torch.save(checkpoint, path)
+    with pytest.raises(UntrustedFileError, match=r"hyper_parameters\.prior\._target_"):
+        load_model(path)
+    assert not (tmp_path / "w").exists()
 
 
 def test_an_interpolation_in_a_stored_config_is_refused(vae, tmp_path):

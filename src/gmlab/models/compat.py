@@ -14,7 +14,9 @@ hyperparameters by the converter registered under the recorded class name, from 
 version, then the weights' names and state; it records the class's current version.
 
 It only moves, renames and fills dict keys: every `_target_` it writes is a fixed gmlab or
-torch name, and nothing in the file picks code. `gmlab.models` registers it with
+torch name, except the network priors' module rename, which keeps the rest of the stored
+name; the trust check then sees every converted name like any other, so nothing in the file
+picks code. `gmlab.models` registers it with
 `gmlab.utils.checkpoint.register_upgrade`; `load_model` and `check_compatible` run it after
 the recorded class was checked and before the stored config is (`gmlab.utils.trust`). No
 model build calls it. `tests/fixtures/checkpoints_v0/` keeps one gmlab 0.1 checkpoint per
