@@ -2,7 +2,7 @@
 bits/dim on the shared convention, gathered into one table by gmlab-report.
 
 usage: GMLAB_DATA=/path/with/MNIST python scripts/leaderboard.py [--out DIR] [--only a,b]
-           [--max-seeds N] [OVERRIDE ...]
+           [--max-seeds N] [OVERRIDE ...] [FAMILY:OVERRIDE ...]
        LEADERBOARD_SMOKE=1 GMLAB_DATA=... python scripts/leaderboard.py   # pipeline check only
 
 Each family is a multirun `gmlab-train -m experiment=<name>_mnist_board seed=...` into
@@ -17,7 +17,9 @@ and every finished job is then evaluated with `gmlab-eval ... sample_quality=mni
 recall, coverage and NDB/K, and bpd_fd.png (test bpd against FD, a point per family).
 Exit status 1 when a run failed.
 Trailing OVERRIDEs go to every run, e.g. `data.cache_dir=/tmp/cache` when the data folder
-is read-only (keys that gmlab-report ignores, or the groups split). LEADERBOARD_SMOKE=1
+is read-only (keys that gmlab-report ignores, or the groups split); FAMILY:OVERRIDE goes to
+the training runs of that family only (or of the feature network: `features:`), e.g.
+`realnvp:model.amp=none` where bf16 is emulated, and shows in its report row. LEADERBOARD_SMOKE=1
 cuts every run to a few batches (`debug=limit`, 2 seeds, IWAE k=2) into
 outputs/leaderboard_smoke: it checks the commands, not the models.
 """
@@ -61,6 +63,20 @@ SMOKE = {
     "vae_mog": ["model.eval.iwae_k=2"],
     "vae_made": ["model.eval.iwae_k=2"],
 }
+
+
+def scoped(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """(the overrides of every run, {family: its own}): `FAMILY:OVERRIDE` items, where FAMILY
+    is a board family or `features`, belong to that family only (a Hydra key has no colon)."""
+    families = {name for name, _ in BOARD} | {"features"}
+    common, own = [], {}
+    for item in overrides:
+        name, colon, override = item.partition(":")
+        if colon and name in families:
+            own.setdefault(name, []).append(override)
+        else:
+            common.append(item)
+    return common, own
 
 
 def train(args: list[str]) -> int:
@@ -224,13 +240,16 @@ def main() -> int:
         print("error: set GMLAB_DATA to the folder holding MNIST/raw/", file=sys.stderr)
         return 1
     only = set(args.only.split(",")) if args.only else None
-    features = features_run(args.out, [*extra("features", smoke), *args.overrides])
+    common, own = scoped(args.overrides)
+    features = features_run(
+        args.out, [*extra("features", smoke), *common, *own.get("features", [])]
+    )
     failed = int(features is None)
     for name, count in BOARD:
         if only and name not in only:
             continue
         seeds = seeds_of(count, smoke, args.max_seeds)
-        more = [*extra(name, smoke), *args.overrides]
+        more = [*extra(name, smoke), *common, *own.get(name, [])]
         if name == "vqvae_pixelcnn":
             failed |= run_vq_stage2(args.out, seeds, more)
             continue
@@ -241,7 +260,7 @@ def main() -> int:
     for name, _ in BOARD:
         if features is not None and name not in NO_SAMPLES and not (only and name not in only):
             # gmlab-eval's data node holds only `root`: other keys are added with `+`
-            data = [o.lstrip("+") for o in args.overrides if o.lstrip("+").startswith("data.")]
+            data = [o.lstrip("+") for o in common if o.lstrip("+").startswith("data.")]
             data = [o if o.startswith("data.root=") else f"+{o}" for o in data]
             failed |= sample_quality_step(args.out, name, features, smoke, data)
     columns = ",".join(["test/bpd", *(f"sample_quality/{s}" for s in SCORES)])

@@ -110,3 +110,16 @@ def test_the_bpd_against_fd_picture_has_a_labelled_point_per_row_with_both(tmp_p
     assert labels == [("mfa", (3.79, 120.5)), ("vae", (1.54, 8.25))]
     csv.write_text(header + "vqvae,experiment=vqvae_mnist_board,1.69,\n")
     assert not board.plot_bpd_against_fd(csv, tmp_path / "none.png")
+
+
+def test_family_scoped_overrides_go_to_that_family_only():
+    board = load_script()
+    overrides = ["data.cache_dir=/c", "realnvp:model.amp=none", "features:seed=2"]
+    overrides += ["hydra.run.dir=/a:b", "nofamily:x=1", "vae_made:model.eval.iwae_k=2"]
+    common, own = board.scoped(overrides)
+    assert common == ["data.cache_dir=/c", "hydra.run.dir=/a:b", "nofamily:x=1"]
+    assert own == {
+        "realnvp": ["model.amp=none"],
+        "features": ["seed=2"],
+        "vae_made": ["model.eval.iwae_k=2"],
+    }
