@@ -235,7 +235,7 @@ def main() -> int:
         help="run seeds 1..N only (a later run without it adds the others, skipping these)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every run")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides before or after the options
     if not os.environ.get("GMLAB_DATA"):
         print("error: set GMLAB_DATA to the folder holding MNIST/raw/", file=sys.stderr)
         return 1
