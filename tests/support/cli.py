@@ -1,6 +1,6 @@
 """The console scripts (`gmlab-train`, `gmlab-eval`, ...) run as a user runs them, each in a
 process of its own. By default the process is forked from a server that imported the scripts'
-modules once (`support.cli_server`: 6 CPU seconds of imports saved per run);
+modules once (`support.cli_server`; what it saves: docs/speed.md, "The test suite");
 GMLAB_TEST_FRESH_CLI=1 starts every run from the console script's file instead."""
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """A fork server for the suite's console-script runs (`support.cli.gmlab`).
 
-A `gmlab-train` process spends about 6 CPU seconds importing torch, Lightning, torchmetrics
-and Hydra before it reads its command line; the suite starts a hundred of them. This server
-imports the gmlab console scripts' modules once (and nothing else: it never runs a test)
-and forks a child per request. The child is a process of its own, as the console script
-would be: its own pid and process group, the request's environment, working folder and
-command line, stdin from /dev/null, stdout and stderr into files, the entry point named in
-the installed package's metadata, `sys.exit` semantics and the atexit handlers at the end.
-What it does not redo is the import, so environment variables read at import time (the
-OpenMP thread count, PYTHONWARNINGS) are the server's: tests that vary them start the
-console script itself.
+Most of a console-script test's time is the script's start: importing torch, Lightning,
+torchmetrics and Hydra (docs/speed.md, "The test suite"). This server imports the gmlab
+console scripts' modules once (and nothing else: it never runs a test) and forks a child
+per request. The child is a process of its own, as the console script would be: its own
+pid and process group, the request's environment, working folder and command line, stdin
+from /dev/null, stdout and stderr into files, the entry point named in the installed
+package's metadata, `sys.exit` semantics and the atexit handlers at the end. What it does
+not redo is the import, so environment variables read at import time (the OpenMP thread
+count, PYTHONWARNINGS) are the server's: tests that vary them start the console script
+itself.
 
 Protocol: one JSON object per line on stdin, {"script", "argv0", "args", "env", "cwd",
 "out"}. The server writes the child's pid to <out>.pid, and when it ends, its exit status
