@@ -188,3 +188,28 @@ def test_a_signal_in_a_sweep_ends_the_launch_with_its_summary_and_a_relaunch_fin
     for job in ("0", "1", "2"):
         assert steps(sweep / job / "checkpoints" / "last.ckpt") == 3 * STEPS_PER_EPOCH
     assert [a["status"] for a in record(sweep / "0")["attempts"]] == ["interrupted"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_between_two_jobs_ends_the_launch_with_its_summary(tmp_path, run_env, signum):
+    """The signal comes after job 0 has finished and before job 1 starts (no run holds the
+    signals then): the launch still ends with its summary, no traceback and status 128 +
+    the signal's number; the same command runs the other two jobs."""
+    from support.cli import gmlab
+
+    sweep, marker = tmp_path / "sweep", tmp_path / "signalled"
+    args = ["-m", "+label=a,b,c", *DIGITS, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}"]
+    args += ["+hydra.callbacks.signal._target_=support.faults.SignalAfterFirstJob"]
+    args += [f"+hydra.callbacks.signal.marker={marker}", f"+hydra.callbacks.signal.signum={signum}"]
+    first = gmlab("gmlab-train", args, run_env, check=False)
+    assert first.returncode == 128 + signal.Signals[signum], first.stdout + first.stderr
+    assert "Traceback" not in first.stderr, first.stderr
+    summary = f"multirun {sweep}: 1 finished, 0 failed, 0 skipped, 0 unfinished, 0 interrupted"
+    assert summary in first.stdout
+    assert f"not run: the rest of this launch (interrupted by {signum})" in first.stdout
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0"]
+    assert record(sweep / "0")["status"] == "finished"
+
+    gmlab("gmlab-train", args, run_env)
+    assert [record(sweep / job)["status"] for job in "012"] == ["finished"] * 3

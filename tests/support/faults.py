@@ -1,5 +1,5 @@
-"""Test-only callbacks for signals and faults: a signal sent once at a given step, and
-steps slowed down so that a test can act while a run trains."""
+"""Test-only callbacks for signals and faults: a signal sent once at a given step or between
+two jobs of a multirun, and steps slowed down so that a test can act while a run trains."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from hydra.experimental.callback import Callback
 
 
 class SignalOnce(L.Callback):
@@ -45,6 +46,20 @@ def signal_once(marker: Path, epoch: int, batch: int, signum: str) -> list[str]:
         f"+callbacks.signal.marker={marker}",
         f"+callbacks.signal.signum={signum}",
     ]
+
+
+class SignalAfterFirstJob(Callback):
+    """A Hydra callback: send `signum` (a name) to this process when a job of a multirun
+    ends, between two jobs of Hydra's basic launcher, unless `marker` exists (created
+    first, so the same command runs through)."""
+
+    def __init__(self, marker: str, signum: str = "SIGTERM") -> None:
+        self.marker, self.signum = Path(marker), signal.Signals[signum]
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        if not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), self.signum)
 
 
 class FillDisk(L.Callback):

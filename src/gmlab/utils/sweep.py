@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -46,7 +47,7 @@ from gmlab.utils.runs import (
     read_record,
     write_json_atomic,
 )
-from gmlab.utils.signals import GUARD
+from gmlab.utils.signals import GUARD, HANDLED
 
 log = logging.getLogger(__name__)
 SCHEMA = 1
@@ -72,6 +73,7 @@ LIBRARY_LOGGERS = (
     "lightning_fabric",
 )
 OUTCOMES = ("finished", "failed", "skipped", "unfinished", "interrupted")
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # jobs in-process
 _ACTIVE_SUMMARY: SweepSummary | None = None  # the summary of a multirun run in this process
 
 
@@ -447,12 +449,14 @@ class SweepSummary(Callback):
     did not finish, was interrupted or is held by another launch. A signal that ends a job of
     a multirun run in this process (Hydra's basic launcher) ends the launch: the summary
     prints, with the jobs that did not run, and the exit status is 128 + the signal's
-    number (`stop`)."""
+    number (`stop`). So does a signal between two such jobs, when no run holds the signals
+    (`between_jobs`)."""
 
     def __init__(self) -> None:
         self.started = time.time()
         self.sweep_dir: Path | None = None
         self.launch: str | None = None
+        self.previous_handlers: dict[int, object] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         global _ACTIVE_SUMMARY
@@ -461,12 +465,24 @@ class SweepSummary(Callback):
         self.launch = uuid.uuid4().hex[:12]
         os.environ[LAUNCH_ENV] = self.launch
         _ACTIVE_SUMMARY = self
+        in_process = config.hydra.launcher.get("_target_") == BASIC_LAUNCHER
+        if in_process and threading.current_thread() is threading.main_thread():
+            for signum in HANDLED:
+                self.previous_handlers[signum] = signal.signal(signum, self.between_jobs)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         global _ACTIVE_SUMMARY
         _ACTIVE_SUMMARY = None
+        for signum, handler in self.previous_handlers.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self.previous_handlers = {}
         if self.report():
             sys.exit(1)
+
+    def between_jobs(self, signum: int, frame) -> None:
+        """A signal while no job of this process's launch holds the signals (Hydra sets up
+        the next job, or a job hands its signal on): end the launch with the summary."""
+        self.stop(signal.Signals(signum).name, 128 + signum)
 
     def stop(self, signal_name: str, exit_code: int) -> None:
         """End the launch after a job was interrupted by `signal_name`."""
