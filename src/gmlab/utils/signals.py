@@ -14,6 +14,11 @@ recorded (`gmlab.utils.sweep.run_recorded`) `GUARD` owns all four:
 
 Who owns which signal, so that they do not fight:
 
+- between the jobs of a multirun run in this process (Hydra's basic launcher),
+  `gmlab.utils.sweep.SweepSummary.between_jobs` owns all four and ends the launch with its
+  summary; `GUARD`, installed over it for each job, hands a job's signal on to it
+  (`pass_on`).
+
 - Lightning's SLURM handler (`SLURMEnvironment(auto_requeue=True)`) installs its SIGUSR1
   requeue only where no handler exists; gmlab's is installed first, so Lightning never
   requeues by itself. Lightning's SIGTERM notifier is composed with gmlab's handler (both run:
