@@ -17,13 +17,7 @@ def fresh(script: str, args: list[str], env: dict, cwd: Path) -> subprocess.Comp
 
 
 def served(script: str, args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    exe = str(Path(sys.executable).with_name(script))
-    before = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return forked(script, exe, args, env)
-    finally:
-        os.chdir(before)
+    return forked(script, str(Path(sys.executable).with_name(script)), args, env, cwd)
 
 
 def test_a_user_error_has_the_scripts_status_and_paragraph(run_env, tmp_path):

@@ -78,13 +78,16 @@ class CliServer:
             process.kill()
 
 
-def forked(script: str, exe: str, args: list[str], env) -> subprocess.CompletedProcess:
-    """`exe args...` run by the fork server, as `subprocess.run(..., capture_output=True,
-    text=True, timeout=TIMEOUT_S)` reports it."""
+def forked(
+    script: str, exe: str, args: list[str], env, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`exe args...` run by the fork server in `cwd` (None: this process's), as
+    `subprocess.run(..., capture_output=True, text=True, timeout=TIMEOUT_S)` reports it."""
     folder = tempfile.mkdtemp(prefix="gmlab-cli-")
     out = os.path.join(folder, "run")
     request = {"script": script, "argv0": exe, "args": [str(a) for a in args]}
-    request |= {"env": dict(os.environ if env is None else env), "cwd": os.getcwd(), "out": out}
+    request |= {"env": dict(os.environ if env is None else env), "out": out}
+    request["cwd"] = str(cwd or os.getcwd())
     try:
         server = CliServer.send(request)
         deadline, timed_out = time.monotonic() + TIMEOUT_S, False

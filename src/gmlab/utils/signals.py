@@ -15,7 +15,7 @@ recorded (`gmlab.utils.sweep.run_recorded`) `GUARD` owns all four:
 Who owns which signal, so that they do not fight:
 
 - between the jobs of a multirun run in this process (Hydra's basic launcher),
-  `gmlab.utils.sweep.SweepSummary.between_jobs` owns all four and ends the launch with its
+  `gmlab.utils.sweep.SweepSummary.ended_by` owns all four and ends the launch with its
   summary; `GUARD`, installed over it for each job, hands a job's signal on to it
   (`pass_on`).
 
@@ -100,7 +100,8 @@ class SignalGuard:
 
     def pass_on(self) -> None:
         """Call the handler the received signal had before `install` (submitit's
-        requeue for SIGUSR2), if it was a Python function; it may exit the process."""
+        requeue for SIGUSR2, or the launch's `SweepSummary.ended_by`), if it was a Python
+        function; it may exit the process."""
         previous = self._previous.get(self.received) if self.received else None
         if callable(previous) and previous is not signal.default_int_handler:
             previous(self.received, None)

@@ -74,7 +74,6 @@ LIBRARY_LOGGERS = (
 )
 OUTCOMES = ("finished", "failed", "skipped", "unfinished", "interrupted")
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # jobs in-process
-_ACTIVE_SUMMARY: SweepSummary | None = None  # the summary of a multirun run in this process
 
 
 def job_key(overrides: list[str], task: str = "train") -> str:
@@ -360,7 +359,8 @@ def _interrupted(record: RunRecord | None, job: dict, signum: int, started: floa
     before (submitit's requeue), then exit with 128 + signum: the run, a submitit job that
     SLURM runs again (`_slurm_runs_it_again`: no result, so submitit's launcher waits for
     the requeued run, which resumes from `last.ckpt`), or the launch of a multirun whose
-    summary runs in this process (it prints first). Any other job of a launcher that runs
+    summary runs in this process (the handed-on signal reaches `SweepSummary.ended_by`,
+    which prints the summary first). Any other job of a launcher that runs
     each job in a process of its own (submitit) returns None, so that its launcher's
     summary reports it."""
     name = signal.Signals(signum).name
@@ -377,8 +377,6 @@ def _interrupted(record: RunRecord | None, job: dict, signum: int, started: floa
     GUARD.pass_on()
     if not job["multirun"] or _slurm_runs_it_again():
         raise SystemExit(128 + signum)
-    if _ACTIVE_SUMMARY is not None:
-        _ACTIVE_SUMMARY.stop(name, 128 + signum)
 
 
 def _slurm_runs_it_again() -> bool:
@@ -447,10 +445,10 @@ class SweepSummary(Callback):
     """At the end of a multirun, print its jobs by outcome (from the `run.json` files in the
     sweep dir, so that jobs run by any launcher count) and exit with status 1 if one failed,
     did not finish, was interrupted or is held by another launch. A signal that ends a job of
-    a multirun run in this process (Hydra's basic launcher) ends the launch: the summary
-    prints, with the jobs that did not run, and the exit status is 128 + the signal's
-    number (`stop`). So does a signal between two such jobs, when no run holds the signals
-    (`between_jobs`)."""
+    a multirun run in this process (Hydra's basic launcher), or comes between two of its
+    jobs, ends the launch: the summary prints, with the jobs that did not run, and the exit
+    status is 128 + the signal's number (`ended_by`, the launch's handler of the four
+    signals; each job's `GUARD` hands its signal on to it)."""
 
     def __init__(self) -> None:
         self.started = time.time()
@@ -459,35 +457,27 @@ class SweepSummary(Callback):
         self.previous_handlers: dict[int, object] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        global _ACTIVE_SUMMARY
         self.started = time.time()
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.launch = uuid.uuid4().hex[:12]
         os.environ[LAUNCH_ENV] = self.launch
-        _ACTIVE_SUMMARY = self
         in_process = config.hydra.launcher.get("_target_") == BASIC_LAUNCHER
         if in_process and threading.current_thread() is threading.main_thread():
             for signum in HANDLED:
-                self.previous_handlers[signum] = signal.signal(signum, self.between_jobs)
+                self.previous_handlers[signum] = signal.signal(signum, self.ended_by)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        global _ACTIVE_SUMMARY
-        _ACTIVE_SUMMARY = None
         for signum, handler in self.previous_handlers.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self.previous_handlers = {}
         if self.report():
             sys.exit(1)
 
-    def between_jobs(self, signum: int, frame) -> None:
-        """A signal while no job of this process's launch holds the signals (Hydra sets up
-        the next job, or a job hands its signal on): end the launch with the summary."""
-        self.stop(signal.Signals(signum).name, 128 + signum)
-
-    def stop(self, signal_name: str, exit_code: int) -> None:
-        """End the launch after a job was interrupted by `signal_name`."""
-        self.report(interrupted=signal_name)
-        raise SystemExit(exit_code)
+    def ended_by(self, signum: int, frame) -> None:
+        """End the launch with its summary and status 128 + signum: a signal between two
+        jobs, or one a job was interrupted by and handed on (`GUARD.pass_on`)."""
+        self.report(interrupted=signal.Signals(signum).name)
+        raise SystemExit(128 + signum)
 
     def report(self, interrupted: str | None = None) -> bool:
         """Print the summary; True if anything of this launch is not done."""
